@@ -1,0 +1,246 @@
+import CustosCore
+import NIOCore
+
+/// A statement parked until its decision and write-ahead commit complete.
+struct HeldStatement {
+    var frame: PostgresFrame
+    var statement: ResponseTracker.Statement?
+    var action: ResponseTracker.Expectation?
+}
+
+extension ClientSession: BackendDelegate {
+    // MARK: Client → backend
+
+    /// A client message while proxying. Order is kept: while a statement is held, everything
+    /// after it queues behind it.
+    func clientFrame(_ frame: PostgresFrame) {
+        if held != nil || !queued.isEmpty {
+            queued.append(frame)
+            return
+        }
+        process(frame)
+    }
+
+    func drainQueue() {
+        while held == nil, !isClosed, let frame = queued.popFirst() {
+            process(frame)
+        }
+        flushBackend()
+        flushClient()
+        requestClientRead()
+    }
+
+    private func process(_ frame: PostgresFrame) {
+        if skippingUntilSync {
+            guard frame.type == UInt8(ascii: "S") else { return }
+            skippingUntilSync = false
+        }
+        let message: FrontendMessage
+        switch frame.type {
+        case UInt8(ascii: "d"), UInt8(ascii: "c"), UInt8(ascii: "f"), UInt8(ascii: "H"):
+            return forward(frame, expecting: nil)  // COPY data and Flush pass untouched
+        default:
+            do {
+                message = try FrontendMessage.decode(frame)
+            } catch {
+                return refuse(sqlstate: "08P01", message: "protocol violation: \(error)")
+            }
+        }
+        switch message {
+        case .query(let text):
+            submit(frame, action: Action(channel: .simple, text: text), expectation: { .query($0) })
+        case .parse(let parse):
+            preparedStatements[parse.statement] = parse.query
+            forward(frame, expecting: .parse)
+        case .bind(let bind):
+            let text = preparedStatements[bind.statement] ?? "<prepared statement \"\(bind.statement)\">"
+            let parameters = bind.parameters.enumerated().map { index, value in Self.render(value, format: bind.format(of: index)) }
+            portals[bind.portal] = (text, parameters)
+            forward(frame, expecting: .bind)
+        case .describe(let target):
+            forward(frame, expecting: target.kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
+        case .execute(let portal, _):
+            let bound = portals[portal] ?? ("<unknown portal \"\(portal)\">", [])
+            submit(frame, action: Action(channel: .extended, text: bound.text, parameters: bound.parameters), expectation: { .execute($0!) })
+        case .close(let target):
+            if target.kind == UInt8(ascii: "S") { preparedStatements[target.name] = nil } else { portals[target.name] = nil }
+            forward(frame, expecting: .close)
+        case .sync:
+            forward(frame, expecting: .sync)
+        case .terminate:
+            forward(frame, expecting: nil)
+            flushBackend()
+            finish(outcome: "closed", reason: nil, sqlstate: nil)
+        case .functionCall:
+            refuseStatement(
+                ErrorFields(severity: "ERROR", sqlstate: "0A000", message: "fast-path function calls are not supported through Custos"),
+                simple: true)
+        case .password:
+            refuse(sqlstate: "08P01", message: "protocol violation: password message after authentication")
+        case .copyData, .copyDone, .copyFail, .flush:
+            forward(frame, expecting: nil)
+        }
+    }
+
+    /// A statement: the Gate decides; an allowed one is recorded, then (write-ahead) forwarded only
+    /// once its event is committed.
+    private func submit(_ frame: PostgresFrame, action: Action, expectation: @escaping (ResponseTracker.Statement?) -> ResponseTracker.Expectation) {
+        guard let identity, let target else { return }
+        let simple = action.channel == .simple
+        if simple, action.text.allSatisfy({ $0.isWhitespace || $0 == ";" }) {
+            return forward(frame, expecting: .query(nil))  // empty query: nothing runs
+        }
+        let decision = gateway.gate.decide(action, by: identity, on: target.connection)
+        statementCount += 1
+        let draft = events.statement(number: statementCount, action: action, decision: decision)
+        guard decision.verdict == .allow else {
+            gateway.recorder.append(draft) { _ in }
+            let message = decision.verdict == .review ? "statement requires approval" : (decision.message ?? "statement denied by policy")
+            return refuseStatement(ErrorFields(severity: "ERROR", sqlstate: "42501", message: message), simple: simple)
+        }
+        let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
+        switch gateway.settings.recordingMode {
+        case .async:
+            gateway.recorder.append(draft) { [logger] result in
+                if case .failure(let error) = result { logger.error("event lost in async recording", metadata: ["error": "\(error)"]) }
+            }
+            forward(frame, expecting: expectation(statement))
+        case .writeAhead:
+            held = HeldStatement(frame: frame, statement: statement, action: expectation(statement))
+            let loop = context.eventLoop
+            let bound = NIOLoopBound(self, eventLoop: loop)
+            gateway.recorder.append(draft) { result in
+                loop.execute { bound.value.committed(result) }
+            }
+        }
+    }
+
+    private func committed(_ result: Result<Void, RecorderError>) {
+        guard let parked = held, !isClosed else { return }
+        held = nil
+        switch result {
+        case .success:
+            forward(parked.frame, expecting: parked.action)
+        case .failure(let error):
+            logger.error("store failure; statement refused", metadata: ["error": "\(error)"])
+            refuseStatement(
+                ErrorFields(severity: "ERROR", sqlstate: "58030", message: "Custos cannot record this statement: the store is unavailable; it was not run"),
+                simple: parked.frame.type == UInt8(ascii: "Q"))
+        }
+        drainQueue()
+    }
+
+    /// Answers a statement in the backend's place, in order with the responses still due.
+    private func refuseStatement(_ error: ErrorFields, simple: Bool) {
+        var effects: [ResponseTracker.Effect] = []
+        tracker.expect(.refusal(error, readyForQuery: simple), effects: &effects)
+        if !simple { skippingUntilSync = true }
+        apply(effects)
+    }
+
+    private func forward(_ frame: PostgresFrame, expecting expectation: ResponseTracker.Expectation?) {
+        if var expectation {
+            switch expectation {
+            case .execute(var statement):
+                statement.startedAt = NIODeadline.now().uptimeNanoseconds
+                expectation = .execute(statement)
+            case .query(var statement?):
+                statement.startedAt = NIODeadline.now().uptimeNanoseconds
+                expectation = .query(statement)
+            default: break
+            }
+            var effects: [ResponseTracker.Effect] = []
+            tracker.expect(expectation, effects: &effects)
+            apply(effects)
+        }
+        backend?.write(frame.raw, promise: nil)
+        backendNeedsFlush = true
+    }
+
+    private func apply(_ effects: [ResponseTracker.Effect]) {
+        for effect in effects {
+            switch effect {
+            case .finished(let statement):
+                let elapsed = (NIODeadline.now().uptimeNanoseconds &- statement.startedAt) / 1000
+                let outcome = SessionEvents.Outcome(
+                    commandTag: statement.commandTag, rows: statement.commandTag.flatMap(Self.rowCount) ?? statement.rows,
+                    errorCode: statement.error?.sqlstate, errorMessage: statement.error?.message,
+                    durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
+                gateway.recorder.append(events.result(number: statement.number, outcome: outcome)) { _ in }
+            case .emit(let error, let ready):
+                send(.errorResponse(error), flush: false)
+                if let ready { send(.readyForQuery(ready), flush: false) }
+            }
+        }
+    }
+
+    func flushBackend() {
+        if backendNeedsFlush {
+            backendNeedsFlush = false
+            backend?.flush()
+        }
+    }
+
+    func requestClientRead() {
+        guard !isClosed, held == nil, backendWritable else { return }
+        context.read()
+    }
+
+    // MARK: Backend → client
+
+    func backendFrame(_ frame: PostgresFrame) {
+        guard case .proxying = phase else { return backendStartupFrame(frame) }
+        var effects: [ResponseTracker.Effect] = []
+        tracker.received(frame.type, frame: frame, effects: &effects)
+        writeToClient(frame.raw)
+        apply(effects)
+        if frame.type == UInt8(ascii: "Z"), pendingExpiry, tracker.isIdle, held == nil {
+            flushClient()
+            endForExpiry()
+        }
+    }
+
+    func backendReadComplete() {
+        flushClient()
+        if context.channel.isWritable {
+            backend?.read()
+        } else {
+            backendReadPending = true
+        }
+    }
+
+    func backendClosed() {
+        guard !isClosed else { return }
+        if case .proxying = phase {
+            logger.warning("backend connection lost")
+            terminate(sqlstate: "08006", message: "the backend connection was lost", outcome: "error", reason: "backend connection lost")
+        } else {
+            refuse(sqlstate: "08001", message: "the backend of connection \"\(client.database)\" closed the connection")
+        }
+    }
+
+    func backendFailed(_ error: any Error) {
+        logger.warning("backend connection error", metadata: ["error": "\(error)"])
+        backendClosed()
+    }
+
+    func backendWritabilityChanged(_ writable: Bool) {
+        backendWritable = writable
+        if writable { requestClientRead() }
+    }
+
+    // MARK: Helpers
+
+    /// The row count PostgreSQL puts in a command tag (`SELECT 3`, `INSERT 0 5`, `COPY 7`).
+    static func rowCount(_ tag: String) -> Int? {
+        let parts = tag.split(separator: " ")
+        guard parts.count >= 2, let last = parts.last, let count = Int(last) else { return nil }
+        return count
+    }
+
+    static func render(_ value: ByteBuffer?, format: Int16) -> String? {
+        guard let value else { return nil }
+        if format == 0 { return String(buffer: value) }
+        return "\\x" + value.readableBytesView.map { String(format: "%02x", $0) }.joined()
+    }
+}

@@ -1,0 +1,450 @@
+import CustosCore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// One client connection, from startup to close: authenticates the client by its token, opens the
+/// backend with the gateway's credential, then proxies, passing every statement through the Gate
+/// and the recorder. Lives on the client channel's event loop; the backend channel shares it.
+final class ClientSession: ChannelInboundHandler {
+    typealias InboundIn = ClientInbound
+    typealias OutboundOut = ByteBuffer
+
+    enum Phase {
+        case awaitingStartup
+        case awaitingPassword
+        case verifyingToken
+        case connectingBackend
+        case authenticatingBackend(BackendAuthenticator)
+        case awaitingBackendReady
+        /// Proxying. `held` is set while a statement waits for its decision or its commit.
+        case proxying
+        case closed
+    }
+
+    let gateway: PostgresGateway
+    var logger: Logger
+    var phase: Phase = .awaitingStartup
+    var context: ChannelHandlerContext!
+    let events = SessionEvents()
+    var client = SessionEvents.Client(address: "?", database: "", startupUser: "", applicationName: nil)
+    var startupParameters: [StartupPacket.Parameter] = []
+    var overTLS = false
+    var identity: Identity?
+    var target: PostgresTarget?
+    var backend: (any Channel)?
+    let relay = BackendRelay()
+    var cancelKey: CancelRegistry.Key?
+    var startupTimer: Scheduled<Void>?
+    var expiryTimer: Scheduled<Void>?
+    var opened = false
+    var closeRecorded = false
+    /// The session ends at the next ReadyForQuery (token expired mid-statement).
+    var pendingExpiry = false
+
+    // Proxying state (see ClientSession+Proxy.swift).
+    var tracker = ResponseTracker()
+    var statementCount = 0
+    var preparedStatements: [String: String] = [:]
+    var portals: [String: (text: String, parameters: [String?])] = [:]
+    /// A statement waiting for its decision or write-ahead commit; later client input queues behind it.
+    var held: HeldStatement?
+    var queued = CircularBuffer<PostgresFrame>()
+    /// After a refused extended-protocol message, client messages are dropped until Sync, as PostgreSQL does.
+    var skippingUntilSync = false
+    var backendWritable = true
+    var clientReadPending = false
+    var backendReadPending = false
+    var backendNeedsFlush = false
+    var clientNeedsFlush = false
+
+    init(gateway: PostgresGateway) {
+        self.gateway = gateway
+        self.logger = gateway.logger
+        self.logger[metadataKey: "session.id"] = "\(events.sessionID)"
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if let remote = context.channel.remoteAddress {
+            client.address = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
+        }
+        startupTimer = context.eventLoop.scheduleTask(in: gateway.settings.startupTimeout) { [weak self] in
+            guard let self, !self.opened, !self.isClosed else { return }
+            self.refuse(sqlstate: "08P01", message: "startup not completed within the startup timeout")
+        }
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .startup(let packet):
+            handleStartup(packet)
+        case .frame(let frame):
+            switch phase {
+            case .awaitingPassword:
+                handlePassword(frame)
+            case .proxying:
+                clientFrame(frame)
+            case .closed:
+                break
+            default:
+                // Nothing may arrive while the gateway authenticates; PostgreSQL treats it the same.
+                refuse(sqlstate: "08P01", message: "unexpected message before authentication completed")
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushBackend()
+        requestClientRead()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, backendReadPending {
+            backendReadPending = false
+            backend?.read()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .closed = phase { return }
+        finish(outcome: "error", reason: "client disconnected", sqlstate: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if case .closed = phase { return }
+        if let wire = error as? WireError {
+            logger.info("client protocol violation", metadata: ["error": "\(wire)"])
+            refuse(sqlstate: "08P01", message: "protocol violation: \(wire)")
+        } else if error is NIOSSLError {
+            finish(outcome: "error", reason: "client TLS failure", sqlstate: "08P01")
+        } else {
+            finish(outcome: "error", reason: "client connection error", sqlstate: "08006")
+        }
+    }
+
+    var isClosed: Bool {
+        if case .closed = phase { return true }
+        return false
+    }
+
+    // MARK: Startup and client authentication
+
+    private func handleStartup(_ packet: StartupPacket) {
+        guard case .awaitingStartup = phase else { return refuse(sqlstate: "08P01", message: "startup packet out of order") }
+        switch packet {
+        case .sslRequest:
+            var answer = context.channel.allocator.buffer(capacity: 1)
+            if let tls = gateway.settings.tls, !overTLS {
+                answer.writeInteger(UInt8(ascii: "S"))
+                context.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+                do {
+                    try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+                    overTLS = true
+                } catch {
+                    finish(outcome: "error", reason: "TLS set-up failed", sqlstate: "08P01")
+                }
+            } else {
+                answer.writeInteger(UInt8(ascii: "N"))
+                context.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+            }
+        case .gssEncRequest:
+            var answer = context.channel.allocator.buffer(capacity: 1)
+            answer.writeInteger(UInt8(ascii: "N"))
+            context.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+        case .cancel(let processID, let secretKey):
+            forwardCancel(CancelRegistry.Key(processID: processID, secret: secretKey))
+        case .startup(_, let parameters):
+            startupParameters = parameters
+            let value = { (name: String) in parameters.first { $0.name == name }?.value }
+            client.startupUser = value("user") ?? ""
+            client.database = value("database") ?? client.startupUser
+            client.applicationName = value("application_name")
+            logger[metadataKey: "client.database"] = "\(client.database)"
+            guard overTLS || (gateway.settings.allowCleartextOnLoopback && isLoopback(context.channel.remoteAddress)) else {
+                return refuse(sqlstate: "28000", message: "Custos accepts a token only over TLS (use sslmode=require)")
+            }
+            phase = .awaitingPassword
+            send(.authentication(.cleartextPassword), flush: true)
+        }
+    }
+
+    private func handlePassword(_ frame: PostgresFrame) {
+        guard case .password(var body) = (try? FrontendMessage.decode(frame)) ?? .flush else {
+            return refuse(sqlstate: "08P01", message: "expected a password message")
+        }
+        guard let token = try? body.readCString(type: frame.type), !token.isEmpty else {
+            return refuse(sqlstate: "28P01", message: "authentication failed: empty token")
+        }
+        phase = .verifyingToken
+        let verifier = gateway.verifier
+        context.eventLoop.makeFutureWithTask { () async -> Result<Identity, TokenError> in
+            do throws(TokenError) {
+                return .success(try await verifier.verify(token))
+            } catch {
+                return .failure(error)
+            }
+        }.assumeIsolated().whenSuccess { [self] result in
+            guard case .verifyingToken = phase else { return }
+            switch result {
+            case .success(let identity): admit(identity)
+            case .failure(let error): refuse(sqlstate: "28P01", message: "authentication failed: \(error)")
+            }
+        }
+    }
+
+    private func admit(_ identity: Identity) {
+        self.identity = identity
+        logger[metadataKey: "identity.sub"] = "\(identity.subject)"
+        guard let target = gateway.targets[client.database] else {
+            return refuse(sqlstate: "3D000", message: "connection \"\(client.database)\" does not exist")
+        }
+        self.target = target
+        let decision = gateway.gate.authorize(identity, on: target.connection)
+        guard decision.verdict == .allow else {
+            return refuse(sqlstate: "28000", message: decision.message ?? "not allowed")
+        }
+        phase = .connectingBackend
+        relay.delegate = self
+        BackendConnector.connect(to: target, on: context.eventLoop, relay: relay, maxMessageSize: Int(Int32.max))
+            .assumeIsolated().whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    guard case .connectingBackend = phase else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    backend = channel
+                    startBackendAuthentication(target: target, decision: decision)
+                case .failure(let error):
+                    logger.warning("backend unreachable", metadata: ["error": "\(error)"])
+                    refuse(sqlstate: "08001", message: "could not connect to the backend of connection \"\(target.connection.name)\"")
+                }
+            }
+    }
+
+    private var openDecision: Decision?
+
+    private func startBackendAuthentication(target: PostgresTarget, decision: Decision) {
+        openDecision = decision
+        phase = .authenticatingBackend(BackendAuthenticator(user: target.user, password: target.password))
+        var parameters = [StartupPacket.Parameter("user", target.user), StartupPacket.Parameter("database", target.database)]
+        // Session settings the client asked for travel on; identity-bearing ones are the gateway's.
+        parameters += startupParameters.filter { !["user", "database", "replication"].contains($0.name) }
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        StartupPacket.startup(version: StartupPacket.protocol3, parameters: parameters).encode(into: &buffer)
+        backend?.writeAndFlush(buffer, promise: nil)
+        backend?.read()
+    }
+
+    /// Backend messages during its authentication and until its first ReadyForQuery.
+    func backendStartupFrame(_ frame: PostgresFrame) {
+        switch phase {
+        case .authenticatingBackend(var authenticator):
+            guard let message = try? BackendMessage.decode(frame) else {
+                return backendRefused("backend sent an unreadable message during authentication")
+            }
+            switch message {
+            case .authentication(let request):
+                do {
+                    switch try authenticator.handle(request) {
+                    case .send(let reply):
+                        phase = .authenticatingBackend(authenticator)
+                        var buffer = context.channel.allocator.buffer(capacity: 128)
+                        reply.encode(into: &buffer)
+                        backend?.writeAndFlush(buffer, promise: nil)
+                    case .wait:
+                        phase = .authenticatingBackend(authenticator)
+                    case .done:
+                        phase = .awaitingBackendReady
+                        send(.authentication(.ok), flush: false)
+                    }
+                } catch {
+                    backendRefused("\(error)")
+                }
+            case .errorResponse(let fields):
+                backendRefused("backend refused the gateway credential: \(fields.sqlstate ?? "?") \(fields.message ?? "")")
+            case .negotiateProtocolVersion:
+                break
+            default:
+                backendRefused("backend sent an unexpected message during authentication")
+            }
+        case .awaitingBackendReady:
+            guard let message = try? BackendMessage.decode(frame) else { return backendRefused("unreadable backend message") }
+            switch message {
+            case .backendKeyData(let processID, let secretKey):
+                let key = gateway.cancelKeys.register(.init(host: target!.host, port: target!.port, processID: processID, secret: secretKey))
+                cancelKey = key
+                send(.backendKeyData(processID: key.processID, secretKey: key.secret), flush: false)
+            case .readyForQuery:
+                sessionReady(readyFrame: frame)
+            case .errorResponse(let fields):
+                backendRefused("backend refused the session: \(fields.sqlstate ?? "?") \(fields.message ?? "")")
+            default:
+                writeToClient(frame.raw)
+            }
+        default:
+            break
+        }
+    }
+
+    private func backendRefused(_ detail: String) {
+        logger.warning("backend authentication failed", metadata: ["error": "\(detail)"])
+        refuse(sqlstate: "08001", message: "the backend of connection \"\(target?.connection.name ?? client.database)\" refused the gateway")
+    }
+
+    /// The backend is ready: record the session's opening (write-ahead), then let the client in.
+    private func sessionReady(readyFrame: PostgresFrame) {
+        guard let identity, let target, let decision = openDecision else { return }
+        startupTimer?.cancel()
+        phase = .proxying
+        held = HeldStatement(frame: readyFrame, statement: nil, action: nil)
+        let draft = events.open(client: client, identity: identity, connection: target.connection, decision: decision)
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        gateway.recorder.append(draft) { result in
+            loop.execute {
+                let session = bound.value
+                session.opened = result.isSuccess
+                switch result {
+                case .success:
+                    session.held = nil
+                    session.writeToClient(readyFrame.raw)
+                    session.flushClient()
+                    session.scheduleExpiry(identity.expiresAt)
+                    session.drainQueue()
+                case .failure(let error):
+                    session.logger.error("store failure; session refused", metadata: ["error": "\(error)"])
+                    session.refuse(sqlstate: "58030", message: "Custos cannot record this session: the store is unavailable")
+                }
+            }
+        }
+    }
+
+    private func scheduleExpiry(_ expiresAt: Date) {
+        guard gateway.settings.endSessionOnExpiry else { return }
+        let skew = Double(gateway.settings.clockSkew.nanoseconds) / 1e9
+        let remaining = expiresAt.timeIntervalSinceNow + skew
+        expiryTimer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, remaining) * 1000))) { [weak self] in
+            guard let self, !self.isClosed else { return }
+            if self.tracker.isIdle && self.held == nil {
+                self.endForExpiry()
+            } else {
+                self.pendingExpiry = true
+            }
+        }
+    }
+
+    func endForExpiry() {
+        terminate(sqlstate: "28P01", message: "token expired; session ended", outcome: "error", reason: "token expired")
+    }
+
+    private func forwardCancel(_ key: CancelRegistry.Key) {
+        defer { closeChannels() }
+        guard let entry = gateway.cancelKeys.lookup(key) else { return }
+        let bootstrap = ClientBootstrap(group: context.eventLoop).connectTimeout(.seconds(5))
+        bootstrap.connect(host: entry.host, port: entry.port).whenSuccess { channel in
+            var buffer = channel.allocator.buffer(capacity: 16)
+            StartupPacket.cancel(processID: entry.processID, secretKey: entry.secret).encode(into: &buffer)
+            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    // MARK: Ending
+
+    /// Refuses a connection attempt before a session exists: FATAL to the client, a failed attempt
+    /// in the record, then close.
+    func refuse(sqlstate: String, message: String) {
+        guard !isClosed else { return }
+        if opened {
+            return terminate(sqlstate: sqlstate, message: message, outcome: "error", reason: message)
+        }
+        logger.info("connection refused", metadata: ["sqlstate": "\(sqlstate)", "reason": "\(message)"])
+        if !closeRecorded {
+            closeRecorded = true
+            let draft = events.refused(client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate, reason: message)
+            gateway.recorder.append(draft) { _ in }
+        }
+        sendFatal(sqlstate: sqlstate, message: message)
+        phase = .closed
+        closeChannels()
+    }
+
+    /// Ends an open session with a FATAL error.
+    func terminate(sqlstate: String, message: String, outcome: String, reason: String) {
+        guard !isClosed else { return }
+        sendFatal(sqlstate: sqlstate, message: message)
+        finish(outcome: outcome, reason: reason, sqlstate: sqlstate)
+    }
+
+    /// Records the session's end once and closes both sides.
+    func finish(outcome: String, reason: String?, sqlstate: String?) {
+        guard !isClosed else { return }
+        phase = .closed
+        if opened, !closeRecorded {
+            closeRecorded = true
+            gateway.recorder.append(events.close(outcome: outcome, reason: reason, sqlstate: sqlstate, statements: statementCount)) { _ in }
+        } else if !opened, !closeRecorded {
+            closeRecorded = true
+            let draft = events.refused(
+                client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate ?? "08006", reason: reason ?? outcome)
+            gateway.recorder.append(draft) { _ in }
+        }
+        closeChannels()
+    }
+
+    private func sendFatal(sqlstate: String, message: String) {
+        send(.errorResponse(ErrorFields(severity: "FATAL", sqlstate: sqlstate, message: message)), flush: true)
+    }
+
+    func closeChannels() {
+        phase = .closed
+        startupTimer?.cancel()
+        expiryTimer?.cancel()
+        if let cancelKey { gateway.cancelKeys.remove(cancelKey) }
+        relay.delegate = nil
+        backend?.close(promise: nil)
+        context.close(promise: nil)
+    }
+
+    // MARK: Writing
+
+    func send(_ message: BackendMessage, flush: Bool) {
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        message.encode(into: &buffer)
+        writeToClient(buffer)
+        if flush { flushClient() }
+    }
+
+    func writeToClient(_ bytes: ByteBuffer) {
+        context.write(wrapOutboundOut(bytes), promise: nil)
+        clientNeedsFlush = true
+    }
+
+    func flushClient() {
+        if clientNeedsFlush {
+            clientNeedsFlush = false
+            context.flush()
+        }
+    }
+
+    private func isLoopback(_ address: SocketAddress?) -> Bool {
+        guard let ip = address?.ipAddress else { return false }
+        return ip.hasPrefix("127.") || ip == "::1" || ip.hasPrefix("::ffff:127.")
+    }
+}
+
+extension Result {
+    var isSuccess: Bool {
+        if case .success = self { return true }
+        return false
+    }
+}

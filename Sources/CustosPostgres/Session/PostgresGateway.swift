@@ -1,0 +1,98 @@
+import CustosCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOSSL
+
+/// Everything a PostgreSQL session needs from the gateway, built once by the composition root.
+public final class PostgresGateway: Sendable {
+    /// Listener behaviour.
+    public struct Settings: Sendable {
+        public var host: String
+        public var port: Int
+        /// When set, SSLRequest is answered with TLS.
+        public var tls: NIOSSLContext?
+        /// Accept a token in cleartext from a loopback client without TLS.
+        public var allowCleartextOnLoopback: Bool
+        /// Largest frontend message accepted.
+        public var maxMessageSize: Int
+        /// Time a client has to finish startup and authentication.
+        public var startupTimeout: TimeAmount
+        /// End the session when the token expires.
+        public var endSessionOnExpiry: Bool
+        /// Tolerance for clock differences with the issuer.
+        public var clockSkew: TimeAmount
+        /// Record before forwarding, or after.
+        public var recordingMode: RecordingMode
+
+        public init(
+            host: String, port: Int, tls: NIOSSLContext?, allowCleartextOnLoopback: Bool, maxMessageSize: Int, startupTimeout: TimeAmount,
+            endSessionOnExpiry: Bool, clockSkew: TimeAmount, recordingMode: RecordingMode
+        ) {
+            self.host = host
+            self.port = port
+            self.tls = tls
+            self.allowCleartextOnLoopback = allowCleartextOnLoopback
+            self.maxMessageSize = maxMessageSize
+            self.startupTimeout = startupTimeout
+            self.endSessionOnExpiry = endSessionOnExpiry
+            self.clockSkew = clockSkew
+            self.recordingMode = recordingMode
+        }
+    }
+
+    public let settings: Settings
+    public let targets: [String: PostgresTarget]
+    public let gate: any GateProtocol
+    public let verifier: TokenVerifier
+    public let recorder: any Recorder
+    public let logger: Logger
+    let cancelKeys = CancelRegistry()
+
+    public init(settings: Settings, targets: [String: PostgresTarget], gate: any GateProtocol, verifier: TokenVerifier, recorder: any Recorder, logger: Logger) {
+        self.settings = settings
+        self.targets = targets
+        self.gate = gate
+        self.verifier = verifier
+        self.recorder = recorder
+        self.logger = logger
+    }
+}
+
+/// Maps the cancel keys Custos gives clients to the backend's, so a client can cancel its query
+/// without ever learning the backend's key (or reaching a backend that is not its own).
+final class CancelRegistry: Sendable {
+    struct Key: Hashable {
+        var processID: Int32
+        var secret: Int32
+    }
+
+    struct Entry {
+        var host: String
+        var port: Int
+        var processID: Int32
+        var secret: Int32
+    }
+
+    private let entries = NIOLockedValueBox<[Key: Entry]>([:])
+
+    /// Registers a backend key and returns the key the client gets.
+    func register(_ entry: Entry) -> Key {
+        entries.withLockedValue { entries in
+            var key: Key
+            repeat {
+                key = Key(processID: Int32.random(in: 1...Int32.max), secret: Int32.random(in: Int32.min...Int32.max))
+            } while entries[key] != nil
+            entries[key] = entry
+            return key
+        }
+    }
+
+    func lookup(_ key: Key) -> Entry? {
+        entries.withLockedValue { $0[key] }
+    }
+
+    func remove(_ key: Key) {
+        _ = entries.withLockedValue { $0.removeValue(forKey: key) }
+    }
+}

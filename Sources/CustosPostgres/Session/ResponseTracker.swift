@@ -1,0 +1,147 @@
+import CustosCore
+import NIOCore
+
+/// Matches backend responses to the client messages that caused them, in order, so that results
+/// are attributed to the right statement and a gateway-made reply (a refusal) reaches the client
+/// exactly where PostgreSQL would have put it. A value type: tested without channels.
+struct ResponseTracker {
+    /// A statement whose result is being collected.
+    struct Statement: Equatable {
+        var number: Int
+        var startedAt: UInt64
+        var rows = 0
+        var commandTag: String?
+        var error: ErrorFields?
+    }
+
+    enum Expectation: Equatable {
+        case parse, bind, close, sync
+        case describeStatement, describePortal
+        case execute(Statement)
+        case query(Statement?)
+        case functionCall
+        /// A reply the gateway makes itself, emitted when it reaches the head of the line.
+        case refusal(ErrorFields, readyForQuery: Bool)
+    }
+
+    /// What the session must do after a backend message.
+    enum Effect: Equatable {
+        /// A statement is complete; record its result.
+        case finished(Statement)
+        /// Send a gateway-made refusal now (and a ReadyForQuery with the given status, if set).
+        case emit(ErrorFields, readyForQuery: BackendMessage.TransactionStatus?)
+    }
+
+    private(set) var queue = CircularBuffer<Expectation>()
+    /// The transaction status of the backend's latest ReadyForQuery.
+    private(set) var transactionStatus: BackendMessage.TransactionStatus = .idle
+
+    var isIdle: Bool { queue.isEmpty }
+
+    /// Notes a message forwarded to the backend (or a refusal queued in its place).
+    mutating func expect(_ expectation: Expectation, effects: inout [Effect]) {
+        queue.append(expectation)
+        drainRefusals(into: &effects)
+    }
+
+    /// Accounts for one backend message.
+    mutating func received(_ type: UInt8, frame: PostgresFrame, effects: inout [Effect]) {
+        switch type {
+        case UInt8(ascii: "D"):
+            switch queue.first {
+            case .execute(var statement):
+                statement.rows += 1
+                queue[queue.startIndex] = .execute(statement)
+            case .query(var statement?):
+                statement.rows += 1
+                queue[queue.startIndex] = .query(statement)
+            default: break
+            }
+        case UInt8(ascii: "1"): popIf(.parse)
+        case UInt8(ascii: "2"): popIf(.bind)
+        case UInt8(ascii: "3"): popIf(.close)
+        case UInt8(ascii: "t"): break  // ParameterDescription: a RowDescription or NoData follows
+        case UInt8(ascii: "T"), UInt8(ascii: "n"):
+            if queue.first == .describeStatement || queue.first == .describePortal { queue.removeFirst() }
+        case UInt8(ascii: "C"), UInt8(ascii: "I"), UInt8(ascii: "s"):
+            let tag: String? =
+                type == UInt8(ascii: "C") ? ((try? BackendMessage.decode(frame)).flatMap { if case .commandComplete(let t) = $0 { t } else { nil } })
+                : type == UInt8(ascii: "s") ? "PORTAL SUSPENDED" : nil
+            switch queue.first {
+            case .execute(var statement):
+                statement.commandTag = tag
+                queue.removeFirst()
+                effects.append(.finished(statement))
+            case .query(var statement?):
+                statement.commandTag = tag ?? statement.commandTag
+                queue[queue.startIndex] = .query(statement)
+            default: break
+            }
+        case UInt8(ascii: "E"):
+            let fields: ErrorFields? = (try? BackendMessage.decode(frame)).flatMap { if case .errorResponse(let f) = $0 { f } else { nil } }
+            failUntilSync(fields ?? ErrorFields(severity: "ERROR", sqlstate: "XX000", message: "unreadable error"), effects: &effects)
+        case UInt8(ascii: "Z"):
+            var body = frame.body
+            if let byte = body.readInteger(as: UInt8.self), let status = BackendMessage.TransactionStatus(rawValue: byte) {
+                transactionStatus = status
+            }
+            // Everything up to and including the Sync or Query this answers is done.
+            while let head = queue.first {
+                queue.removeFirst()
+                switch head {
+                case .sync, .functionCall: break
+                case .query(let statement?): effects.append(.finished(statement))
+                case .query(nil): break
+                case .execute(var statement):
+                    statement.error = statement.error ?? ErrorFields(severity: "ERROR", sqlstate: "08P01", message: "no result before ReadyForQuery")
+                    effects.append(.finished(statement))
+                    continue
+                default: continue
+                }
+                break
+            }
+        default:
+            break  // notices, notifications, parameter status, copy traffic, key data
+        }
+        drainRefusals(into: &effects)
+    }
+
+    /// An ErrorResponse: the statement at the head failed; in the extended protocol the backend
+    /// then skips everything up to the next Sync.
+    private mutating func failUntilSync(_ error: ErrorFields, effects: inout [Effect]) {
+        guard let head = queue.first else { return }
+        if case .query(var statement?) = head {
+            statement.error = error
+            queue[queue.startIndex] = .query(statement)
+            return
+        }
+        if case .functionCall = head { return }
+        var first = true
+        while let entry = queue.first {
+            switch entry {
+            case .sync, .query, .refusal: return
+            case .execute(var statement):
+                statement.error = first ? error : Self.skipped(error)
+                effects.append(.finished(statement))
+                first = false
+            default: break
+            }
+            queue.removeFirst()
+        }
+    }
+
+    private mutating func drainRefusals(into effects: inout [Effect]) {
+        while case .refusal(let error, let ready) = queue.first {
+            queue.removeFirst()
+            effects.append(.emit(error, readyForQuery: ready ? transactionStatus : nil))
+        }
+    }
+
+    private mutating func popIf(_ expected: Expectation) {
+        if queue.first == expected { queue.removeFirst() }
+    }
+
+    static func skipped(_ error: ErrorFields) -> ErrorFields {
+        ErrorFields(severity: "ERROR", sqlstate: error.sqlstate ?? "XX000", message: "not executed: an earlier message in the pipeline failed")
+    }
+}

@@ -1,0 +1,227 @@
+import CustosCore
+import Foundation
+import Yams
+
+/// The gateway's configuration, read from YAML and validated before anything starts.
+/// docs/configuration.md describes every key.
+public struct CustosConfig: Sendable {
+    /// The PostgreSQL listener.
+    public struct Listen: Sendable {
+        public var host: String
+        public var port: Int
+        public var allowCleartextOnLoopback: Bool
+        public var tlsCertificate: String?
+        public var tlsKey: String?
+        public var maxMessageSize: Int
+        public var startupTimeout: TimeInterval
+    }
+
+    /// Token validation.
+    public struct IdentityConfig: Sendable {
+        public var clockSkew: TimeInterval
+        public var endSessionOnExpiry: Bool
+        public var jwksRefreshMinInterval: TimeInterval
+        public var issuers: [IssuerSettings]
+    }
+
+    /// Where a connection's password comes from (never inline).
+    public enum SecretSource: Sendable, Equatable {
+        case environment(String)
+        case file(String)
+    }
+
+    /// One named PostgreSQL target.
+    public struct Connection: Sendable {
+        public var name: String
+        public var host: String
+        public var port: Int
+        public var database: String
+        public var user: String
+        public var password: SecretSource
+        public var sslmode: String
+        public var caFile: String?
+        public var allowGroups: [String]
+        public var sandbox: Bool
+    }
+
+    /// The event store.
+    public struct Recording: Sendable {
+        public var store: String
+        public var mode: RecordingMode
+        public var writerID: String?
+        public var queueLimit: Int
+    }
+
+    public var listen: Listen
+    public var identity: IdentityConfig
+    public var connections: [Connection]
+    public var recording: Recording
+    public var logLevel: String
+    /// The folder relative paths are resolved against.
+    public var baseDirectory: String
+
+    /// Loads and validates the file at `path`.
+    public static func load(path: String) throws(ConfigError) -> CustosConfig {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(key: "", problem: "cannot read \(path)")
+        }
+        let base = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent().path
+        return try parse(yaml: text, baseDirectory: base)
+    }
+
+    /// Parses and validates YAML text; relative paths resolve against `baseDirectory`.
+    public static func parse(yaml: String, baseDirectory: String) throws(ConfigError) -> CustosConfig {
+        let document: Any?
+        do {
+            document = try Yams.load(yaml: yaml)
+        } catch {
+            throw ConfigError(key: "", problem: "not valid YAML: \(error)")
+        }
+        var root = try ConfigReader(document, path: "")
+        let resolve = { (file: String) in file.hasPrefix("/") ? file : URL(fileURLWithPath: baseDirectory).appendingPathComponent(file).path }
+
+        var listenReader = try root.child("listen")
+        var tlsReader = try listenReader.child("tls")
+        let certificate = try tlsReader.optionalString("certificate").map(resolve)
+        let key = try tlsReader.optionalString("key").map(resolve)
+        try tlsReader.finish()
+        if (certificate == nil) != (key == nil) {
+            throw ConfigError(key: "listen.tls", problem: "certificate and key must be given together")
+        }
+        let listen = Listen(
+            host: try listenReader.string("host", default: "127.0.0.1"),
+            port: try listenReader.int("port", default: 6432, range: 0...65535),
+            allowCleartextOnLoopback: try listenReader.bool("allow_cleartext_on_loopback", default: false),
+            tlsCertificate: certificate, tlsKey: key,
+            maxMessageSize: try listenReader.int("max_message_size", default: 1 << 20, range: 1024...(1 << 30)),
+            startupTimeout: try listenReader.duration("startup_timeout", default: 10))
+        try listenReader.finish()
+
+        var identityReader = try root.child("identity")
+        let identity = IdentityConfig(
+            clockSkew: try identityReader.duration("clock_skew", default: 30),
+            endSessionOnExpiry: try identityReader.bool("end_session_on_expiry", default: true),
+            jwksRefreshMinInterval: try identityReader.duration("jwks_refresh_min_interval", default: 10),
+            issuers: try parseIssuers(identityReader.raw("issuers")))
+        if identity.clockSkew > 300 {
+            throw ConfigError(key: "identity.clock_skew", problem: "at most 5m: a larger skew keeps expired tokens alive")
+        }
+        try identityReader.finish()
+
+        guard let connectionMap = root.raw("connections") as? [String: Any], !connectionMap.isEmpty else {
+            throw ConfigError(key: "connections", problem: "at least one connection is required")
+        }
+        var connections: [Connection] = []
+        for name in connectionMap.keys.sorted() {
+            connections.append(try parseConnection(name: name, value: connectionMap[name], resolve: resolve))
+        }
+
+        var recordingReader = try root.child("recording")
+        let modeText = try recordingReader.string("mode", default: RecordingMode.writeAhead.rawValue)
+        guard let mode = RecordingMode(rawValue: modeText) else {
+            throw ConfigError(key: "recording.mode", problem: "expected write-ahead or async")
+        }
+        let recording = Recording(
+            store: resolve(try recordingReader.string("store", default: "custos.sqlite")), mode: mode,
+            writerID: try recordingReader.optionalString("writer_id"),
+            queueLimit: try recordingReader.int("queue_limit", default: 100_000, range: 1...10_000_000))
+        try recordingReader.finish()
+
+        var loggingReader = try root.child("logging")
+        let level = try loggingReader.string("level", default: "info")
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
+            throw ConfigError(key: "logging.level", problem: "expected trace, debug, info, notice, warning, error or critical")
+        }
+        try loggingReader.finish()
+        try root.finish()
+        return CustosConfig(
+            listen: listen, identity: identity, connections: connections, recording: recording, logLevel: level, baseDirectory: baseDirectory)
+    }
+
+    private static func parseIssuers(_ value: Any?) throws(ConfigError) -> [IssuerSettings] {
+        guard let list = value as? [Any], !list.isEmpty else {
+            throw ConfigError(key: "identity.issuers", problem: "at least one trusted issuer is required")
+        }
+        var issuers: [IssuerSettings] = []
+        for (index, item) in list.enumerated() {
+            var reader = try ConfigReader(item, path: "identity.issuers[\(index)]")
+            let issuer = try reader.string("issuer")
+            guard let url = URL(string: issuer), let scheme = url.scheme, let host = url.host else {
+                throw ConfigError(key: reader.key("issuer"), problem: "expected an http(s) URL")
+            }
+            if scheme == "http" && !isLoopback(host) {
+                throw ConfigError(key: reader.key("issuer"), problem: "plain http is accepted only for a loopback issuer; use https")
+            }
+            guard scheme == "http" || scheme == "https" else {
+                throw ConfigError(key: reader.key("issuer"), problem: "expected an http(s) URL")
+            }
+            guard let audiences = try reader.stringList("audience"), !audiences.isEmpty else {
+                throw ConfigError(key: reader.key("audience"), problem: "is required")
+            }
+            let algorithms = try reader.stringList("algorithms") ?? ["RS256", "ES256"]
+            for alg in algorithms where !IssuerSettings.supportedAlgorithms.contains(alg) {
+                throw ConfigError(key: reader.key("algorithms"), problem: "\(alg) is not allowed (only public-key algorithms: never none or HMAC)")
+            }
+            let groupsClaim = try reader.string("groups_claim", default: "groups")
+            try reader.finish()
+            issuers.append(IssuerSettings(issuer: issuer, audiences: audiences, algorithms: Set(algorithms), groupsClaim: groupsClaim))
+        }
+        return issuers
+    }
+
+    private static func parseConnection(name: String, value: Any?, resolve: (String) -> String) throws(ConfigError) -> Connection {
+        var reader = try ConfigReader(value, path: "connections.\(name)")
+        if reader.raw("password") != nil {
+            throw ConfigError(key: reader.key("password"), problem: "inline passwords are not allowed; use password_env or password_file")
+        }
+        let env = try reader.optionalString("password_env")
+        let file = try reader.optionalString("password_file")
+        let password: SecretSource
+        switch (env, file) {
+        case (let env?, nil): password = .environment(env)
+        case (nil, let file?): password = .file(resolve(file))
+        default: throw ConfigError(key: reader.key("password_env"), problem: "exactly one of password_env or password_file is required")
+        }
+        let kind = try reader.string("kind", default: "postgres")
+        guard kind == "postgres" else { throw ConfigError(key: reader.key("kind"), problem: "only postgres is supported") }
+        let sslmode = try reader.string("sslmode", default: "disable")
+        guard ["disable", "require", "verify-full"].contains(sslmode) else {
+            throw ConfigError(key: reader.key("sslmode"), problem: "expected disable, require or verify-full")
+        }
+        let caFile = try reader.optionalString("ca_file").map(resolve)
+        if sslmode == "verify-full" && caFile == nil {
+            throw ConfigError(key: reader.key("ca_file"), problem: "is required with sslmode verify-full")
+        }
+        let connection = Connection(
+            name: name, host: try reader.string("host"), port: try reader.int("port", default: 5432, range: 1...65535),
+            database: try reader.string("database", default: name), user: try reader.string("user"), password: password,
+            sslmode: sslmode, caFile: caFile, allowGroups: try reader.stringList("allow_groups") ?? [],
+            sandbox: try reader.bool("sandbox", default: false))
+        try reader.finish()
+        return connection
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "[::1]"
+    }
+
+    /// Reads a connection's password from its source.
+    public func password(of connection: Connection) throws(ConfigError) -> String {
+        switch connection.password {
+        case .environment(let name):
+            guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else {
+                throw ConfigError(key: "connections.\(connection.name).password_env", problem: "environment variable \(name) is not set")
+            }
+            return value
+        case .file(let path):
+            guard let value = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigError(key: "connections.\(connection.name).password_file", problem: "cannot read \(path)")
+            }
+            let trimmed = value.trimmingCharacters(in: .newlines)
+            guard !trimmed.isEmpty else {
+                throw ConfigError(key: "connections.\(connection.name).password_file", problem: "\(path) is empty")
+            }
+            return trimmed
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import AsyncHTTPClient
+import CustosCore
+import CustosPostgres
+import CustosStore
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+
+/// The running gateway's parts, built from a configuration. `custos serve` runs it; tests build
+/// the same graph on port 0.
+public final class Gateway: Service {
+    public let config: CustosConfig
+    public let store: EventStore
+    public let writer: EventWriter
+    let postgres: PostgresGateway
+    let logger: Logger
+    let group: MultiThreadedEventLoopGroup
+
+    /// Builds every part; fails with a ``ConfigError`` naming the key when a secret or file is unusable.
+    public init(config: CustosConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        var targets: [String: PostgresTarget] = [:]
+        for connection in config.connections {
+            let password = try config.password(of: connection)
+            let tls: PostgresTarget.TLSMode =
+                switch connection.sslmode {
+                case "require": .require
+                case "verify-full": .verifyFull(caFile: connection.caFile!)
+                default: .disable
+                }
+            do {
+                targets[connection.name] = try PostgresTarget(
+                    connection: ConnectionTarget(name: connection.name, kind: "postgres", allowGroups: connection.allowGroups, sandbox: connection.sandbox),
+                    host: connection.host, port: connection.port, database: connection.database, user: connection.user, password: password, tls: tls)
+            } catch {
+                throw ConfigError(key: "connections.\(connection.name).ca_file", problem: "cannot load the CA: \(error)")
+            }
+        }
+        var listenerTLS: NIOSSLContext?
+        if let certificate = config.listen.tlsCertificate, let key = config.listen.tlsKey {
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
+                let configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+                listenerTLS = try NIOSSLContext(configuration: configuration)
+            } catch {
+                throw ConfigError(key: "listen.tls", problem: "cannot load certificate or key: \(error)")
+            }
+        }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: URL(fileURLWithPath: config.recording.store).deletingLastPathComponent().path, withIntermediateDirectories: true)
+            self.store = try EventStore(path: config.recording.store)
+            self.writer = try EventWriter(
+                store: store, writerID: try store.writerID(preferred: config.recording.writerID), queueLimit: config.recording.queueLimit, logger: logger)
+        } catch {
+            throw ConfigError(key: "recording.store", problem: "cannot open the store: \(error)")
+        }
+        let verifier = TokenVerifier(
+            issuers: config.identity.issuers, source: HTTPJWKSSource(client: .shared), skew: config.identity.clockSkew,
+            refetchInterval: config.identity.jwksRefreshMinInterval)
+        let settings = PostgresGateway.Settings(
+            host: config.listen.host, port: config.listen.port, tls: listenerTLS, allowCleartextOnLoopback: config.listen.allowCleartextOnLoopback,
+            maxMessageSize: config.listen.maxMessageSize, startupTimeout: .milliseconds(Int64(config.listen.startupTimeout * 1000)),
+            endSessionOnExpiry: config.identity.endSessionOnExpiry, clockSkew: .milliseconds(Int64(config.identity.clockSkew * 1000)),
+            recordingMode: config.recording.mode)
+        self.postgres = PostgresGateway(settings: settings, targets: targets, gate: Gate(), verifier: verifier, recorder: writer, logger: logger)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+    }
+
+    /// Binds the listener, serves until graceful shutdown, then closes the listener and commits
+    /// what is still queued.
+    public func run() async throws {
+        let listener = try await PostgresListener.bind(gateway: postgres, group: group)
+        let address = listener.localAddress
+        FileHandle.standardError.write(Data("custos: listening on \(address?.ipAddress ?? config.listen.host):\(address?.port ?? config.listen.port)\n".utf8))
+        logger.info("listening", metadata: ["address": "\(address.map { "\($0)" } ?? "?")", "writer": "\(writer.writerID)"])
+        await withGracefulShutdownHandler {
+            try? await listener.closeFuture.get()
+        } onGracefulShutdown: {
+            listener.close(promise: nil)
+        }
+        // Closing the loops ends the sessions, whose close events queue before the writer stops.
+        try? await group.shutdownGracefully()
+        writer.stop()
+        logger.info("stopped")
+    }
+}
