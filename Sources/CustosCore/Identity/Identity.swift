@@ -78,4 +78,9 @@ public struct TokenError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         detail.map { "\(check.rawValue): \($0)" } ?? check.rawValue
     }
+
+    /// Two errors are the same when the same check failed; the detail is informative only.
+    public static func == (lhs: TokenError, rhs: TokenError) -> Bool {
+        lhs.check == rhs.check
+    }
 }

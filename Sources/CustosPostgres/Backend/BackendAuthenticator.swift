@@ -32,6 +32,8 @@ struct BackendAuthenticator {
 
     private let user: String
     private let password: String
+    /// The SCRAM `n=` attribute; PostgreSQL ignores it (the startup user counts), so it is empty.
+    private let scramUser: String
     private var scram: ScramState?
 
     private struct ScramState {
@@ -40,9 +42,10 @@ struct BackendAuthenticator {
         var expectedServerSignature: [UInt8]?
     }
 
-    init(user: String, password: String) {
+    init(user: String, password: String, scramUser: String = "") {
         self.user = user
         self.password = password
+        self.scramUser = scramUser
     }
 
     mutating func handle(_ request: BackendMessage.Authentication, nonce: () -> String = ScramCrypto.makeNonce) throws(Failure) -> Step {
@@ -59,7 +62,7 @@ struct BackendAuthenticator {
         case .sasl(let mechanisms):
             guard mechanisms.contains("SCRAM-SHA-256") else { throw .unsupportedMethod(mechanisms.joined(separator: ",")) }
             let clientNonce = nonce()
-            let bare = "n=,r=\(clientNonce)"
+            let bare = "n=\(scramUser),r=\(clientNonce)"
             scram = ScramState(clientNonce: clientNonce, clientFirstBare: bare)
             var body = ByteBuffer()
             body.writeCString("SCRAM-SHA-256")

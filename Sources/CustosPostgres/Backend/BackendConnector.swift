@@ -85,6 +85,7 @@ enum BackendConnector {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)
             .connectTimeout(.seconds(5))
+        let relay = NIOLoopBound(relay, eventLoop: eventLoop)
         return bootstrap.connect(host: target.host, port: target.port).flatMap { channel in
             let secured: EventLoopFuture<Void>
             if let tlsContext = target.tlsContext {
@@ -95,7 +96,7 @@ enum BackendConnector {
             return secured.flatMapThrowing {
                 let decoder = FrameDecoder(maxMessageSize: maxMessageSize, allowedTypes: MessageType.backend)
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
-                try channel.pipeline.syncOperations.addHandler(relay)
+                try channel.pipeline.syncOperations.addHandler(relay.value)
                 return channel
             }.flatMapErrorThrowing { error in
                 channel.close(promise: nil)
@@ -116,9 +117,10 @@ enum BackendConnector {
         StartupPacket.sslRequest.encode(into: &request)
         channel.writeAndFlush(request, promise: nil)
         channel.read()
+        let boundReader = NIOLoopBound(reader, eventLoop: channel.eventLoop)
         return answer.futureResult.flatMapThrowing { byte in
             guard byte == UInt8(ascii: "S") else { throw BackendConnectError.tlsRefused }
-            channel.pipeline.syncOperations.removeHandler(reader, promise: nil)
+            channel.pipeline.syncOperations.removeHandler(boundReader.value, promise: nil)
             let isAddress = host.allSatisfy { $0.isNumber || $0 == "." || $0 == ":" }
             let handler = try NIOSSLClientHandler(context: context, serverHostname: isAddress ? nil : host)
             try channel.pipeline.syncOperations.addHandler(handler, position: .first)

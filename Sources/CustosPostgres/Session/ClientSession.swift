@@ -76,7 +76,7 @@ final class ClientSession: ChannelInboundHandler {
         if let remote = context.channel.remoteAddress {
             client.address = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
         }
-        startupTimer = context.eventLoop.scheduleTask(in: gateway.settings.startupTimeout) { [weak self] in
+        startupTimer = context.eventLoop.assumeIsolated().scheduleTask(in: gateway.settings.startupTimeout) { [weak self] in
             guard let self, !self.opened, !self.isClosed else { return }
             self.refuse(sqlstate: "08P01", message: "startup not completed within the startup timeout")
         }
@@ -333,7 +333,7 @@ final class ClientSession: ChannelInboundHandler {
         guard gateway.settings.endSessionOnExpiry else { return }
         let skew = Double(gateway.settings.clockSkew.nanoseconds) / 1e9
         let remaining = expiresAt.timeIntervalSinceNow + skew
-        expiryTimer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, remaining) * 1000))) { [weak self] in
+        expiryTimer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(max(0, remaining) * 1000))) { [weak self] in
             guard let self, !self.isClosed else { return }
             if self.tracker.isIdle && self.held == nil {
                 self.endForExpiry()

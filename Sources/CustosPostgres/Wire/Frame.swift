@@ -28,7 +28,7 @@ public struct PostgresFrame: Sendable, Equatable {
 }
 
 /// Splits a byte stream into ``PostgresFrame``s. It never copies: frames are slices of the input.
-public struct FrameDecoder: ByteToMessageDecoder {
+public struct FrameDecoder: ByteToMessageDecoder, Sendable {
     public typealias InboundOut = PostgresFrame
 
     /// Largest message accepted, in bytes including the length field.

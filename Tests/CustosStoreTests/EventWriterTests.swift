@@ -1,0 +1,102 @@
+import CustosCore
+import Foundation
+import Logging
+import Testing
+
+@testable import CustosStore
+
+@Suite("Event store and writer")
+struct EventWriterTests {
+    let directory: URL
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("custos-store-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    var path: String { directory.appendingPathComponent("events.sqlite").path }
+
+    func append(_ writer: EventWriter, _ draft: EventDraft) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            writer.append(draft) { result in continuation.resume(with: result.mapError { $0 as any Error }) }
+        }
+    }
+
+    static func session(_ events: SessionEvents) -> [EventDraft] {
+        let identity = Identity(subject: "agent-1", email: "a1@example.com", groups: ["agents"], issuer: "http://127.0.0.1:9000", tokenID: "j1", expiresAt: Date())
+        let client = SessionEvents.Client(address: "127.0.0.1:5000", database: "appdb", startupUser: "agent", applicationName: "psql")
+        let connection = ConnectionTarget(name: "appdb", kind: "postgres", allowGroups: ["agents"])
+        let decision = Decision(verdict: .allow, rule: "r", policy: "none")
+        return [
+            events.open(client: client, identity: identity, connection: connection, decision: decision),
+            events.statement(number: 1, action: Action(channel: .simple, text: "SELECT 1"), decision: decision),
+            events.result(number: 1, outcome: .init(commandTag: "SELECT 1", rows: 1, durationMicros: 120)),
+            events.close(outcome: "closed", reason: nil, sqlstate: nil, statements: 1),
+        ]
+    }
+
+    @Test("events chain across sessions and across a restart of the writer")
+    func chainAcrossRestart() async throws {
+        let store = try EventStore(path: path)
+        let writerID = try store.writerID(preferred: nil)
+        #expect(try store.writerID(preferred: nil) == writerID, "the writer id is stable")
+        var writer = try EventWriter(store: store, writerID: writerID, logger: Logger(label: "test"))
+        for draft in Self.session(SessionEvents()) { try await append(writer, draft) }
+        writer.stop()
+        writer = try EventWriter(store: try EventStore(path: path), writerID: writerID, logger: Logger(label: "test"))
+        for draft in Self.session(SessionEvents()) { try await append(writer, draft) }
+        writer.stop()
+
+        let events = try EventStore(path: path, readOnly: true).events(writerID: writerID)
+        #expect(events.map(\.seq) == Array(1...8))
+        #expect(events.first?.prevHash == EventChain.genesis)
+        for (previous, event) in zip(events, events.dropFirst()) {
+            #expect(event.prevHash == previous.hash)
+        }
+        #expect(events.allSatisfy(EventChain.isSelfConsistent))
+    }
+
+    @Test("the session index follows open, statements and close")
+    func sessionIndex() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", logger: Logger(label: "test"))
+        let events = SessionEvents()
+        for draft in Self.session(events) { try await append(writer, draft) }
+        writer.stop()
+        let sessions = try store.sessions(SessionFilter(identity: "a1@example.com"))
+        #expect(sessions.count == 1)
+        let session = try #require(sessions.first)
+        #expect(session.id == events.sessionID)
+        #expect(session.outcome == "closed")
+        #expect(session.statementCount == 1)
+        #expect(session.groups == ["agents"])
+        #expect(session.endedAt != nil)
+        #expect(try store.sessions(SessionFilter(identity: "someone-else")).isEmpty)
+        #expect(try store.sessions(SessionFilter(connection: "appdb", since: Date().addingTimeInterval(-60))).count == 1)
+        #expect(try store.sessions(SessionFilter(until: Date().addingTimeInterval(-3600))).isEmpty)
+        let (_, stored) = try #require(try store.session(id: String(events.sessionID.prefix(8))))
+        #expect(stored.map(\.kind) == ["session.open", "statement", "result", "session.close"])
+    }
+
+    @Test("a failed write fails every event of the batch and leaves no gap in the chain")
+    func failureLeavesNoGap() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", logger: Logger(label: "test"))
+        let events = SessionEvents()
+        let drafts = Self.session(events)
+        try await append(writer, drafts[0])
+        try await store.database.write { db in try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'disk full'); END") }
+        await #expect(throws: RecorderError.self) { try await append(writer, drafts[1]) }
+        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
+        try await append(writer, drafts[1])
+        writer.stop()
+        #expect(try store.events(writerID: "w").map(\.seq) == [1, 2])
+    }
+
+    @Test("appends after stop fail instead of vanishing")
+    func appendAfterStop() async throws {
+        let writer = try EventWriter(store: try EventStore(path: path), writerID: "w", logger: Logger(label: "test"))
+        writer.stop()
+        await #expect(throws: RecorderError.self) { try await append(writer, Self.session(SessionEvents())[0]) }
+    }
+}
