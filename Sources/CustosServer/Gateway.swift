@@ -83,7 +83,8 @@ public final class Gateway: Service {
         } onGracefulShutdown: {
             listener.close(promise: nil)
         }
-        // Closing the loops ends the sessions, whose close events queue before the writer stops.
+        // Sessions end with a FATAL and a recorded close before the writer stops.
+        await postgres.shutdownSessions()
         try? await group.shutdownGracefully()
         writer.stop()
         logger.info("stopped")

@@ -161,17 +161,20 @@ extension ClientSession: BackendDelegate {
         for effect in effects {
             switch effect {
             case .finished(let statement):
-                let elapsed = (NIODeadline.now().uptimeNanoseconds &- statement.startedAt) / 1000
-                let outcome = SessionEvents.Outcome(
-                    commandTag: statement.commandTag, rows: statement.commandTag.flatMap(Self.rowCount) ?? statement.rows,
-                    errorCode: statement.error?.sqlstate, errorMessage: statement.error?.message,
-                    durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
-                gateway.recorder.append(events.result(number: statement.number, outcome: outcome)) { _ in }
+                recordResult(statement, error: statement.error)
             case .emit(let error, let ready):
                 send(.errorResponse(error), flush: false)
                 if let ready { send(.readyForQuery(ready), flush: false) }
             }
         }
+    }
+
+    func recordResult(_ statement: ResponseTracker.Statement, error: ErrorFields?) {
+        let elapsed = (NIODeadline.now().uptimeNanoseconds &- statement.startedAt) / 1000
+        let outcome = SessionEvents.Outcome(
+            commandTag: statement.commandTag, rows: statement.commandTag.flatMap(Self.rowCount) ?? statement.rows,
+            errorCode: error?.sqlstate, errorMessage: error?.message, durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
+        gateway.recorder.append(events.result(number: statement.number, outcome: outcome)) { _ in }
     }
 
     func flushBackend() {

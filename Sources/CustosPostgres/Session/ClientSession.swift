@@ -73,6 +73,7 @@ final class ClientSession: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        gateway.register(self, on: context.eventLoop)
         if let remote = context.channel.remoteAddress {
             client.address = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
         }
@@ -116,6 +117,10 @@ final class ClientSession: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if case .closed = phase { return }
+        // A client that vanishes mid-query must not leave the query running on the backend.
+        if !tracker.isIdle, let cancelKey, let entry = gateway.cancelKeys.lookup(cancelKey) {
+            Self.sendCancel(entry, on: context.eventLoop)
+        }
         finish(outcome: "error", reason: "client disconnected", sqlstate: nil)
     }
 
@@ -350,7 +355,12 @@ final class ClientSession: ChannelInboundHandler {
     private func forwardCancel(_ key: CancelRegistry.Key) {
         defer { closeChannels() }
         guard let entry = gateway.cancelKeys.lookup(key) else { return }
-        let bootstrap = ClientBootstrap(group: context.eventLoop).connectTimeout(.seconds(5))
+        Self.sendCancel(entry, on: context.eventLoop)
+    }
+
+    /// Sends a CancelRequest with the backend's own key on a new connection, as libpq does.
+    static func sendCancel(_ entry: CancelRegistry.Entry, on eventLoop: any EventLoop) {
+        let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(.seconds(5))
         bootstrap.connect(host: entry.host, port: entry.port).whenSuccess { channel in
             var buffer = channel.allocator.buffer(capacity: 16)
             StartupPacket.cancel(processID: entry.processID, secretKey: entry.secret).encode(into: &buffer)
@@ -391,6 +401,12 @@ final class ClientSession: ChannelInboundHandler {
         phase = .closed
         if opened, !closeRecorded {
             closeRecorded = true
+            for statement in tracker.unfinished() {
+                recordResult(statement, error: ErrorFields(severity: "ERROR", sqlstate: sqlstate ?? "08006", message: "session ended before the statement completed"))
+            }
+            if let parked = held?.statement {
+                recordResult(parked, error: ErrorFields(severity: "ERROR", sqlstate: sqlstate ?? "08006", message: "session ended before the statement was forwarded"))
+            }
             gateway.recorder.append(events.close(outcome: outcome, reason: reason, sqlstate: sqlstate, statements: statementCount)) { _ in }
         } else if !opened, !closeRecorded {
             closeRecorded = true
@@ -407,6 +423,7 @@ final class ClientSession: ChannelInboundHandler {
 
     func closeChannels() {
         phase = .closed
+        gateway.unregister(self)
         startupTimer?.cancel()
         expiryTimer?.cancel()
         if let cancelKey { gateway.cancelKeys.remove(cancelKey) }

@@ -48,6 +48,7 @@ public final class PostgresGateway: Sendable {
     public let recorder: any Recorder
     public let logger: Logger
     let cancelKeys = CancelRegistry()
+    let liveSessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<ClientSession>]>([:])
 
     public init(settings: Settings, targets: [String: PostgresTarget], gate: any GateProtocol, verifier: TokenVerifier, recorder: any Recorder, logger: Logger) {
         self.settings = settings
@@ -56,6 +57,34 @@ public final class PostgresGateway: Sendable {
         self.verifier = verifier
         self.recorder = recorder
         self.logger = logger
+    }
+}
+
+extension PostgresGateway {
+    /// Number of client connections currently open.
+    public var sessionCount: Int { liveSessions.withLockedValue { $0.count } }
+
+    /// Ends every open session with `FATAL 57P01` and records its close; waits up to `timeout`.
+    public func shutdownSessions(timeout: Duration = .seconds(5)) async {
+        let sessions = liveSessions.withLockedValue { Array($0.values) }
+        for session in sessions {
+            session.eventLoop.execute {
+                session.value.terminate(sqlstate: "57P01", message: "Custos is shutting down", outcome: "closed", reason: "gateway shutdown")
+            }
+        }
+        let deadline = ContinuousClock.now + timeout
+        while sessionCount > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    func register(_ session: ClientSession, on eventLoop: any EventLoop) {
+        let bound = NIOLoopBound(session, eventLoop: eventLoop)
+        liveSessions.withLockedValue { $0[ObjectIdentifier(session)] = bound }
+    }
+
+    func unregister(_ session: ClientSession) {
+        _ = liveSessions.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(session)) }
     }
 }
 

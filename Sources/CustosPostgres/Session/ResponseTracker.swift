@@ -38,6 +38,17 @@ struct ResponseTracker {
 
     var isIdle: Bool { queue.isEmpty }
 
+    /// Statements still waiting for their results (when the session ends early).
+    func unfinished() -> [Statement] {
+        queue.compactMap { entry in
+            switch entry {
+            case .execute(let statement): statement
+            case .query(let statement?): statement
+            default: nil
+            }
+        }
+    }
+
     /// Notes a message forwarded to the backend (or a refusal queued in its place).
     mutating func expect(_ expectation: Expectation, effects: inout [Effect]) {
         queue.append(expectation)
