@@ -1,8 +1,17 @@
 import CustosCore
 import NIOCore
 
-/// A statement parked until its decision and write-ahead commit complete.
+/// A statement parked until its decision and write-ahead commit complete. While one is held the
+/// session reads nothing more from the client, and what was already read queues behind it.
 struct HeldStatement {
+    /// What the statement is waiting for. The Gate answers synchronously today, so a statement
+    /// passes through `awaitingDecision` at once; an approval (a later issue) will park it there.
+    enum Stage: Equatable {
+        case awaitingDecision
+        case awaitingCommit
+    }
+
+    var stage: Stage
     var frame: PostgresFrame
     var statement: ResponseTracker.Statement?
     var action: ResponseTracker.Expectation?
@@ -90,7 +99,9 @@ extension ClientSession: BackendDelegate {
         if simple, action.text.allSatisfy({ $0.isWhitespace || $0 == ";" }) {
             return forward(frame, expecting: .query(nil))  // empty query: nothing runs
         }
+        held = HeldStatement(stage: .awaitingDecision, frame: frame)
         let decision = gateway.gate.decide(action, by: identity, on: target.connection)
+        held = nil
         statementCount += 1
         let draft = events.statement(number: statementCount, action: action, decision: decision)
         guard decision.verdict == .allow else {
@@ -106,7 +117,7 @@ extension ClientSession: BackendDelegate {
             }
             forward(frame, expecting: expectation(statement))
         case .writeAhead:
-            held = HeldStatement(frame: frame, statement: statement, action: expectation(statement))
+            held = HeldStatement(stage: .awaitingCommit, frame: frame, statement: statement, action: expectation(statement))
             let loop = context.eventLoop
             let bound = NIOLoopBound(self, eventLoop: loop)
             gateway.recorder.append(draft) { result in
@@ -116,7 +127,7 @@ extension ClientSession: BackendDelegate {
     }
 
     private func committed(_ result: Result<Void, RecorderError>) {
-        guard let parked = held, !isClosed else { return }
+        guard let parked = held, parked.stage == .awaitingCommit, !isClosed else { return }
         held = nil
         switch result {
         case .success:

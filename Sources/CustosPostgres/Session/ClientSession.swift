@@ -311,7 +311,7 @@ final class ClientSession: ChannelInboundHandler {
         guard let identity, let target, let decision = openDecision else { return }
         startupTimer?.cancel()
         phase = .proxying
-        held = HeldStatement(frame: readyFrame, statement: nil, action: nil)
+        held = HeldStatement(stage: .awaitingCommit, frame: readyFrame)
         let draft = events.open(client: client, identity: identity, connection: target.connection, decision: decision)
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
