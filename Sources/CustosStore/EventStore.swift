@@ -64,8 +64,7 @@ public final class EventStore: Sendable {
                         ended_at TEXT,
                         outcome TEXT NOT NULL,
                         reason TEXT,
-                        sqlstate TEXT,
-                        statement_count INTEGER NOT NULL DEFAULT 0
+                        sqlstate TEXT
                     );
                     CREATE INDEX sessions_started ON sessions (started_at);
                     CREATE INDEX sessions_subject ON sessions (subject);
@@ -114,23 +113,20 @@ public final class EventStore: Sendable {
                 switch index {
                 case .open(let summary)?:
                     let groups = CanonicalJSON.array(summary.groups.map(CanonicalJSON.string)).text
-                    try db.execute(
+                    try db.cachedStatement(
                         sql: """
                             INSERT OR REPLACE INTO sessions (id, connection, database, startup_user, subject, email, issuer, groups,
-                                client_address, application_name, started_at, ended_at, outcome, reason, sqlstate, statement_count)
-                            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-                            """,
-                        arguments: [
-                            summary.id, summary.connection, summary.database, summary.startupUser, summary.subject, summary.email, summary.issuer,
-                            groups, summary.clientAddress, summary.applicationName, summary.startedAt, summary.endedAt, summary.outcome,
-                            summary.reason, summary.sqlstate, summary.statementCount,
-                        ])
-                case .statement?:
-                    try db.execute(sql: "UPDATE sessions SET statement_count = statement_count + 1 WHERE id = ?", arguments: [event.sessionID])
+                                client_address, application_name, started_at, ended_at, outcome, reason, sqlstate)
+                            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                            """
+                    ).execute(arguments: [
+                        summary.id, summary.connection, summary.database, summary.startupUser, summary.subject, summary.email, summary.issuer,
+                        groups, summary.clientAddress, summary.applicationName, summary.startedAt, summary.endedAt, summary.outcome,
+                        summary.reason, summary.sqlstate,
+                    ])
                 case .close(let endedAt, let outcome, let reason, let sqlstate)?:
-                    try db.execute(
-                        sql: "UPDATE sessions SET ended_at = ?, outcome = ?, reason = ?, sqlstate = ? WHERE id = ?",
-                        arguments: [endedAt, outcome, reason, sqlstate, event.sessionID])
+                    try db.cachedStatement(sql: "UPDATE sessions SET ended_at = ?, outcome = ?, reason = ?, sqlstate = ? WHERE id = ?")
+                        .execute(arguments: [endedAt, outcome, reason, sqlstate, event.sessionID])
                 case nil:
                     break
                 }

@@ -5,6 +5,10 @@ import Logging
 /// The group-commit writer: one thread that commits whatever is queued in one transaction,
 /// without waiting to fill a batch, then tells each session its event is durable.
 ///
+/// Events nobody waits for (``appendLater``) do not start a commit of their own: they ride on the
+/// next prompt one, or are committed after `lazyWindow` at the latest. A commit costs far more
+/// than an insert, so this halves the commits of a statement (its result rides on the next).
+///
 /// It owns the writer's chain head, so sequence numbers and previous hashes follow commit order.
 /// A session never blocks on it: `append` only queues.
 public final class EventWriter: Recorder, @unchecked Sendable {
@@ -12,7 +16,13 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private let store: EventStore
     private let logger: Logger
     private let condition = NSCondition()
-    private var queue: [(EventDraft, @Sendable (Result<Void, RecorderError>) -> Void)] = []
+    private typealias Completion = @Sendable (Result<Void, RecorderError>) -> Void
+    private var queue: [(EventDraft, Completion?)] = []
+    /// Queued events someone waits for; while there are none, the writer may linger.
+    private var prompt = 0
+    /// When the oldest queued lazy event arrived.
+    private var lazySince: Date?
+    private let lazyWindow: TimeInterval
     private var stopping = false
     private var stopped = false
     private let queueLimit: Int
@@ -25,8 +35,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private var lastHash: String
 
     /// Starts a writer on `store`, continuing `writerID`'s chain where it ends.
-    public init(store: EventStore, writerID: String, queueLimit: Int = 100_000, logger: Logger) throws {
+    public init(store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, logger: Logger) throws {
         self.store = store
+        self.lazyWindow = lazyWindow
         self.writerID = writerID
         self.queueLimit = queueLimit
         self.logger = logger
@@ -50,8 +61,23 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             return completion(.failure(RecorderError(reason: "recording queue full")))
         }
         queue.append((draft, completion))
+        prompt += 1
         condition.signal()
         condition.unlock()
+    }
+
+    public func appendLater(_ draft: EventDraft) {
+        condition.lock()
+        defer { condition.unlock() }
+        if stopping || queue.count >= queueLimit {
+            logger.error("event dropped", metadata: ["reason": "\(stopping ? "recorder stopped" : "recording queue full")", "kind": "\(draft.kind.rawValue)"])
+            return
+        }
+        queue.append((draft, nil))
+        if lazySince == nil {
+            lazySince = Date()
+            condition.signal()  // so the writer arms its timer
+        }
     }
 
     /// Commits what is queued, then stops the thread. Later appends fail.
@@ -66,9 +92,19 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
-            while queue.isEmpty && !stopping { condition.wait() }
+            while !stopping && prompt == 0 {
+                guard let since = lazySince else {
+                    condition.wait()
+                    continue
+                }
+                let due = since.addingTimeInterval(lazyWindow)
+                if Date() >= due || queue.count >= 1024 { break }
+                condition.wait(until: due)
+            }
             let batch = queue
             queue.removeAll(keepingCapacity: true)
+            prompt = 0
+            lazySince = nil
             let done = stopping && batch.isEmpty
             condition.unlock()
             if done { break }
@@ -80,7 +116,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         condition.unlock()
     }
 
-    private func commit(_ batch: [(EventDraft, @Sendable (Result<Void, RecorderError>) -> Void)]) {
+    private func commit(_ batch: [(EventDraft, Completion?)]) {
         var seq = self.seq
         var lastHash = self.lastHash
         var sealed: [(Event, SessionIndexUpdate?)] = []
@@ -102,6 +138,6 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             logger.error("event store write failed", metadata: ["error": "\(error)", "events": "\(batch.count)"])
             result = .failure(RecorderError(reason: "store write failed"))
         }
-        for (_, completion) in batch { completion(result) }
+        for (_, completion) in batch { completion?(result) }
     }
 }

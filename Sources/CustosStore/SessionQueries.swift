@@ -46,7 +46,9 @@ extension EventStore {
         let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
         arguments.append(filter.limit)
         return try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM sessions \(whereClause) ORDER BY started_at DESC LIMIT ?", arguments: StatementArguments(arguments))
+            try Row.fetchAll(
+                db, sql: "SELECT *, \(Self.statementCount) FROM sessions \(whereClause) ORDER BY started_at DESC LIMIT ?",
+                arguments: StatementArguments(arguments))
                 .map(Self.summary)
         }
     }
@@ -54,7 +56,8 @@ extension EventStore {
     /// One session and its events in chain order; nil when no session has that id (or prefix).
     public func session(id: String) throws -> (SessionSummary, [Event])? {
         try database.read { db in
-            let rows = try Row.fetchAll(db, sql: "SELECT * FROM sessions WHERE id = ? OR id LIKE ? LIMIT 2", arguments: [id, id + "%"])
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT *, \(Self.statementCount) FROM sessions WHERE id = ? OR id LIKE ? LIMIT 2", arguments: [id, id + "%"])
             guard rows.count == 1 || rows.contains(where: { ($0["id"] as String) == id }) else { return nil }
             let row = rows.first { ($0["id"] as String) == id } ?? rows[0]
             let summary = Self.summary(row)
@@ -71,6 +74,9 @@ extension EventStore {
             try Row.fetchAll(db, sql: "SELECT * FROM events WHERE writer_id = ? ORDER BY seq", arguments: [writerID]).map(Self.event)
         }
     }
+
+    /// Counting statements at read time keeps the hot path to one insert per event.
+    static let statementCount = "(SELECT count(*) FROM events WHERE events.session_id = sessions.id AND events.kind = 'statement') AS statement_count"
 
     static func summary(_ row: Row) -> SessionSummary {
         let groupsText: String = row["groups"]

@@ -93,6 +93,22 @@ struct EventWriterTests {
         #expect(try store.events(writerID: "w").map(\.seq) == [1, 2])
     }
 
+    @Test("lazy events keep their order and are committed with the next prompt commit, or soon after alone")
+    func lazyEvents() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", lazyWindow: 0.05, logger: Logger(label: "test"))
+        let drafts = Self.session(SessionEvents())
+        try await append(writer, drafts[0])
+        writer.appendLater(drafts[2])  // a result nobody waits for
+        try await append(writer, drafts[1])
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "result", "statement"])
+        writer.appendLater(drafts[3])
+        let deadline = Date().addingTimeInterval(5)
+        while try store.events(writerID: "w").count < 4, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(try store.events(writerID: "w").last?.kind == "session.close")
+        writer.stop()
+    }
+
     @Test("appends after stop fail instead of vanishing")
     func appendAfterStop() async throws {
         let writer = try EventWriter(store: try EventStore(path: path), writerID: "w", logger: Logger(label: "test"))

@@ -1,10 +1,14 @@
 /// Where sessions send their events. The store implements it; sessions never see the store.
 ///
-/// `append` must not block: it queues the draft and calls `completion` once the event is
-/// committed (or failed to be). A write-ahead session forwards a statement only after that.
+/// Neither method blocks: both queue the draft. Events keep the order in which they were queued.
 public protocol Recorder: Sendable {
-    /// Queues a draft; `completion` runs on the recorder's own thread after the commit.
+    /// Queues a draft to be committed at once; `completion` runs on the recorder's own thread
+    /// after the commit (or its failure). A write-ahead session forwards a statement only then.
     func append(_ draft: EventDraft, completion: @escaping @Sendable (Result<Void, RecorderError>) -> Void)
+
+    /// Queues a draft nobody waits for (a result, a session's close): it is committed with the
+    /// next prompt commit, or after a short delay, so that it costs no commit of its own.
+    func appendLater(_ draft: EventDraft)
 }
 
 /// Why an event could not be recorded.
@@ -32,8 +36,6 @@ public enum RecordingMode: String, Sendable {
 public enum SessionIndexUpdate: Sendable, Equatable {
     /// A session began (or was refused: then `outcome` is already final).
     case open(SessionSummary)
-    /// One more statement was recorded.
-    case statement
     /// The session ended.
     case close(endedAt: String, outcome: String, reason: String?, sqlstate: String?)
 }
@@ -55,6 +57,7 @@ public struct SessionSummary: Sendable, Equatable, Codable {
     public var outcome: String
     public var reason: String?
     public var sqlstate: String?
+    /// Statements recorded so far (counted from the events when read).
     public var statementCount: Int
 
     public init(

@@ -66,7 +66,7 @@ public struct SessionEvents: Sendable {
             "parameters": .array(action.parameters.map(CanonicalJSON.optional)),
             "decision": Self.decision(decision),
         ]
-        return EventDraft(kind: .statement, sessionID: sessionID, at: at, payload: payload, index: .statement)
+        return EventDraft(kind: .statement, sessionID: sessionID, at: at, payload: payload)
     }
 
     /// How a statement ended.

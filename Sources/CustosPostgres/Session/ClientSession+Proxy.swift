@@ -105,16 +105,14 @@ extension ClientSession: BackendDelegate {
         statementCount += 1
         let draft = events.statement(number: statementCount, action: action, decision: decision)
         guard decision.verdict == .allow else {
-            gateway.recorder.append(draft) { _ in }
+            gateway.recorder.appendLater(draft)
             let message = decision.verdict == .review ? "statement requires approval" : (decision.message ?? "statement denied by policy")
             return refuseStatement(ErrorFields(severity: "ERROR", sqlstate: "42501", message: message), simple: simple)
         }
         let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
         switch gateway.settings.recordingMode {
         case .async:
-            gateway.recorder.append(draft) { [logger] result in
-                if case .failure(let error) = result { logger.error("event lost in async recording", metadata: ["error": "\(error)"]) }
-            }
+            gateway.recorder.appendLater(draft)
             forward(frame, expecting: expectation(statement))
         case .writeAhead:
             held = HeldStatement(stage: .awaitingCommit, frame: frame, statement: statement, action: expectation(statement))
@@ -185,7 +183,7 @@ extension ClientSession: BackendDelegate {
         let outcome = SessionEvents.Outcome(
             commandTag: statement.commandTag, rows: statement.commandTag.flatMap(Self.rowCount) ?? statement.rows,
             errorCode: error?.sqlstate, errorMessage: error?.message, durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
-        gateway.recorder.append(events.result(number: statement.number, outcome: outcome)) { _ in }
+        gateway.recorder.appendLater(events.result(number: statement.number, outcome: outcome))
     }
 
     func flushBackend() {

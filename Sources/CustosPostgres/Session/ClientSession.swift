@@ -381,7 +381,7 @@ final class ClientSession: ChannelInboundHandler {
         if !closeRecorded {
             closeRecorded = true
             let draft = events.refused(client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate, reason: message)
-            gateway.recorder.append(draft) { _ in }
+            gateway.recorder.appendLater(draft)
         }
         sendFatal(sqlstate: sqlstate, message: message)
         phase = .closed
@@ -407,12 +407,12 @@ final class ClientSession: ChannelInboundHandler {
             if let parked = held?.statement {
                 recordResult(parked, error: ErrorFields(severity: "ERROR", sqlstate: sqlstate ?? "08006", message: "session ended before the statement was forwarded"))
             }
-            gateway.recorder.append(events.close(outcome: outcome, reason: reason, sqlstate: sqlstate, statements: statementCount)) { _ in }
+            gateway.recorder.appendLater(events.close(outcome: outcome, reason: reason, sqlstate: sqlstate, statements: statementCount))
         } else if !opened, !closeRecorded {
             closeRecorded = true
             let draft = events.refused(
                 client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate ?? "08006", reason: reason ?? outcome)
-            gateway.recorder.append(draft) { _ in }
+            gateway.recorder.appendLater(draft)
         }
         closeChannels()
     }
