@@ -199,7 +199,8 @@ def test_notices_and_notifications_between_sessions(gateway, connect, app, mint)
 def test_error_does_not_end_session(gateway, connect, app):
     with connect(autocommit=True) as conn:
         with pytest.raises(errors.DivisionByZero):
-            conn.execute("select %s::int / 0", (1,))
+            # fails at Execute (the divisor is computed then); Bind-time errors: see the next test
+            conn.execute("select %s::int / (select count(*)::int from customers where id < 0)", (1,))
         with pytest.raises(errors.UndefinedTable):
             conn.execute("select * from no_such_table")
         assert conn.execute("select %s::text", ("ok",)).fetchone() == ("ok",)
@@ -219,6 +220,34 @@ def test_identifiers_and_large_result_stream(gateway, connect, app):
         assert len(rows) == 200000 and rows[-1] == (200000,)
         conn.commit()
     statements = recorded(gateway, app)
-    last = statements[-1]
-    assert last["command_tag"] == "SELECT 200000" and last["rows"] == 200000
+    big = [s for s in statements if s["text"] == "select g from generate_series(1, 200000) g"]
+    assert len(big) == 1 and big[0]["command_tag"] == "SELECT 200000" and big[0]["rows"] == 200000
+    fetches = [s for s in statements if s["text"].startswith("FETCH")]
+    assert sum(s["rows"] for s in fetches) == 50000
     verify_chain(gateway.store_path)
+
+
+def test_bind_time_error_recorded_with_its_sqlstate(gateway, connect, app):
+    """`$1::int / 0` fails while PostgreSQL plans at Bind (constant folding with the parameter
+    value), before Execute: the recorded statement must still carry the error the client saw."""
+    stop = threading.Event()
+
+    def busy_writer(conn):  # keeps the store's writer busy, as other sessions would
+        while not stop.is_set():
+            conn.execute("select 1")
+
+    with connect(autocommit=True) as conn, connect(autocommit=True, app=app + "-load") as load:
+        thread = threading.Thread(target=busy_writer, args=(load,), daemon=True)
+        thread.start()
+        try:
+            for _ in range(50):
+                with pytest.raises(errors.DivisionByZero):
+                    conn.execute("select %s::int / 0", (1,))
+            assert conn.execute("select 1").fetchone() == (1,)
+        finally:
+            stop.set()
+            thread.join(10)
+    statements = recorded(gateway, app)
+    assert len(statements) == 51
+    wrong = [s["error"] for s in statements[:50] if (s["error"] or {}).get("sqlstate") != "22012"]
+    assert not wrong, f"{len(wrong)} of 50 recorded with another error, e.g. {wrong[:2]}"

@@ -87,6 +87,11 @@ public final class Gateway: Service {
         await postgres.shutdownSessions()
         try? await group.shutdownGracefully()
         writer.stop()
+        do {
+            try store.close()
+        } catch {
+            logger.warning("store not closed cleanly", metadata: ["error": "\(error)"])
+        }
         logger.info("stopped")
     }
 }

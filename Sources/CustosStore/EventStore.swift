@@ -74,6 +74,11 @@ public final class EventStore: Sendable {
         return migrator
     }
 
+    /// Checkpoints the WAL into the database file and closes it (at shutdown, after the writer).
+    public func close() throws {
+        try database.close()
+    }
+
     /// This store's writer id, created on first use and kept, so that one gateway keeps one chain
     /// across restarts.
     public func writerID(preferred: String?) throws -> String {

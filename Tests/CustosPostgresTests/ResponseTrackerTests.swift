@@ -115,3 +115,37 @@ struct ResponseTrackerTests {
         #expect(effects == [.finished(Statement(number: 1, startedAt: 1, rows: 0, commandTag: "LISTEN"))])
     }
 }
+
+extension ResponseTrackerTests {
+    @Test("an Execute forwarded after its Bind already failed carries the Bind's error")
+    func bindErrorBeforeExecute() {
+        var tracker = ResponseTracker()
+        var effects: [ResponseTracker.Effect] = []
+        tracker.expect(.parse, effects: &effects)
+        tracker.expect(.bind, effects: &effects)
+        let error = ErrorFields(severity: "ERROR", sqlstate: "22012", message: "division by zero")
+        effects = Self.feed(&tracker, [.parseComplete, .errorResponse(error)])
+        #expect(effects.isEmpty)
+        // The Execute was held for its write-ahead commit and is forwarded only now.
+        tracker.expect(.execute(Statement(number: 1, startedAt: 1)), effects: &effects)
+        tracker.expect(.execute(Statement(number: 2, startedAt: 2)), effects: &effects)
+        tracker.expect(.sync, effects: &effects)
+        effects = Self.feed(&tracker, [.readyForQuery(.idle)])
+        #expect(effects.count == 2)
+        guard case .finished(let first) = effects.first, case .finished(let second) = effects.last else {
+            Issue.record("expected finished statements")
+            return
+        }
+        #expect(first.error == error)
+        #expect(second.error?.message?.hasPrefix("not executed") == true)
+        // The next sync group starts clean.
+        tracker.expect(.execute(Statement(number: 3, startedAt: 3)), effects: &effects)
+        tracker.expect(.sync, effects: &effects)
+        effects = Self.feed(&tracker, [.readyForQuery(.idle)])
+        guard case .finished(let third) = effects.first else {
+            Issue.record("expected a finished statement")
+            return
+        }
+        #expect(third.error?.sqlstate == "08P01")
+    }
+}

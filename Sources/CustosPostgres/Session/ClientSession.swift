@@ -117,10 +117,6 @@ final class ClientSession: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if case .closed = phase { return }
-        // A client that vanishes mid-query must not leave the query running on the backend.
-        if !tracker.isIdle, let cancelKey, let entry = gateway.cancelKeys.lookup(cancelKey) {
-            Self.sendCancel(entry, on: context.eventLoop)
-        }
         finish(outcome: "error", reason: "client disconnected", sqlstate: nil)
     }
 
@@ -399,6 +395,11 @@ final class ClientSession: ChannelInboundHandler {
     func finish(outcome: String, reason: String?, sqlstate: String?) {
         guard !isClosed else { return }
         phase = .closed
+        // A session that ends mid-query (client gone, reset, shutdown) must not leave the query
+        // running on the backend.
+        if !tracker.isIdle, let cancelKey, let entry = gateway.cancelKeys.lookup(cancelKey) {
+            Self.sendCancel(entry, on: context.eventLoop)
+        }
         if opened, !closeRecorded {
             closeRecorded = true
             for statement in tracker.unfinished() {

@@ -35,6 +35,9 @@ struct ResponseTracker {
     private(set) var queue = CircularBuffer<Expectation>()
     /// The transaction status of the backend's latest ReadyForQuery.
     private(set) var transactionStatus: BackendMessage.TransactionStatus = .idle
+    /// The error that made the backend skip to the next Sync, and whether a statement carries it
+    /// yet. An Execute forwarded after the error (it was held for its commit) fails by it too.
+    private var groupError: (error: ErrorFields, attributed: Bool)?
 
     var isIdle: Bool { queue.isEmpty }
 
@@ -104,13 +107,21 @@ struct ResponseTracker {
                 case .query(let statement?): effects.append(.finished(statement))
                 case .query(nil): break
                 case .execute(var statement):
-                    statement.error = statement.error ?? ErrorFields(severity: "ERROR", sqlstate: "08P01", message: "no result before ReadyForQuery")
+                    if statement.error == nil {
+                        if let group = groupError {
+                            statement.error = group.attributed ? Self.skipped(group.error) : group.error
+                            groupError?.attributed = true
+                        } else {
+                            statement.error = ErrorFields(severity: "ERROR", sqlstate: "08P01", message: "no result before ReadyForQuery")
+                        }
+                    }
                     effects.append(.finished(statement))
                     continue
                 default: continue
                 }
                 break
             }
+            groupError = nil
         default:
             break  // notices, notifications, parameter status, copy traffic, key data
         }
@@ -127,14 +138,14 @@ struct ResponseTracker {
             return
         }
         if case .functionCall = head { return }
-        var first = true
+        groupError = (error, false)
         while let entry = queue.first {
             switch entry {
             case .sync, .query, .refusal: return
             case .execute(var statement):
-                statement.error = first ? error : Self.skipped(error)
+                statement.error = groupError!.attributed ? Self.skipped(error) : error
+                groupError!.attributed = true
                 effects.append(.finished(statement))
-                first = false
             default: break
             }
             queue.removeFirst()
