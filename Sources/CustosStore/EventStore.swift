@@ -76,6 +76,9 @@ public final class EventStore: Sendable {
 
     /// Checkpoints the WAL into the database file and closes it (at shutdown, after the writer).
     public func close() throws {
+        // An explicit checkpoint: the main file alone then holds every event (a copy of just the
+        // .sqlite file is complete), whatever other connections are still open.
+        try database.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
         try database.close()
     }
 
