@@ -86,3 +86,63 @@ struct ConfigTests {
         #expect(ConfigReader.parseDuration("abc") == nil)
     }
 }
+
+@Suite("Policy configuration")
+struct PolicyConfigTests {
+    static let policy = """
+
+        policy:
+          default_message: nope
+          rules:
+            - name: deny-flagged
+              match: {flags: [destructive, privileged, opaque, unparseable]}
+              action: deny
+              message: not through Custos
+            - name: agents-read
+              match: {groups: [agents], connections: [appdb], read_only: true, time: {days: [mon, fri], from: "09:00", to: "18:00", timezone: Europe/Berlin}}
+              action: allow
+              limits: {max_rows: 1000, statement_timeout: 30s, rate: 2.5}
+            - name: agents-write
+              match: {groups: [agents], kinds: [INSERT, update]}
+              action: review
+        """
+
+    @Test("rules load in order with their conditions and limits")
+    func loads() throws {
+        let config = try CustosConfig.parse(yaml: ConfigTests.valid + Self.policy, baseDirectory: "/")
+        let policy = try #require(config.policy)
+        #expect(policy.rules.map(\.name) == ["deny-flagged", "agents-read", "agents-write"])
+        #expect(policy.defaultMessage == "nope")
+        #expect(policy.rules[0].flags?.count == 4)
+        #expect(policy.rules[1].limits.maxRows == 1000)
+        #expect(policy.rules[1].limits.statementTimeout == .seconds(30))
+        #expect(policy.rules[1].limits.ratePerSecond == 2.5)
+        #expect(policy.rules[1].time?.weekdays == [1, 5])
+        #expect(policy.rules[2].kinds == ["insert", "update"])
+        #expect(try CustosConfig.parse(yaml: ConfigTests.valid, baseDirectory: "/").policy == nil)
+    }
+
+    @Test(
+        "bad rules are refused, naming the key",
+        arguments: [
+            ("action: review", "action: maybe", "policy.rules[2].action"),
+            ("[INSERT, update]", "[]", "policy.rules[2].match.kinds"),
+            ("unparseable]", "unparsable]", "policy.rules[0].match.flags"),
+            ("rate: 2.5", "rate: -1", "policy.rules[1].limits.rate"),
+            ("from: \"09:00\"", "from: \"9am\"", "policy.rules[1].match.time.from"),
+            ("Europe/Berlin", "Mars/Olympus", "policy.rules[1].match.time.timezone"),
+            ("name: agents-write", "name: agents-read", "policy.rules[2].name"),
+            ("action: review", "action: review\n      limits: {max_rows: 1}", "policy.rules[2].limits"),
+            ("match: {groups: [agents], kinds", "match: {group: [agents], kinds", "policy.rules[2].match.group"),
+        ])
+    func refused(replacing: String, with: String, key: String) {
+        let yaml = (ConfigTests.valid + Self.policy).replacingOccurrences(of: replacing, with: with)
+        #expect(yaml != ConfigTests.valid + Self.policy)
+        do {
+            _ = try CustosConfig.parse(yaml: yaml, baseDirectory: "/")
+            Issue.record("accepted a bad policy (\(key))")
+        } catch {
+            #expect(error.key == key, "\(error)")
+        }
+    }
+}

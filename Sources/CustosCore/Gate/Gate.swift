@@ -52,12 +52,18 @@ public struct Decision: Sendable, Equatable {
     public var rule: String?
     /// Hash of the policy version in force.
     public var policy: String?
+    /// Obligations on an allowed statement.
+    public var limits: Limits
+    /// The SQLSTATE a refused client gets (42501 for policy, 53400 for a rate limit).
+    public var sqlstate: String
 
-    public init(verdict: Verdict, message: String? = nil, rule: String? = nil, policy: String? = nil) {
+    public init(verdict: Verdict, message: String? = nil, rule: String? = nil, policy: String? = nil, limits: Limits = Limits(), sqlstate: String = "42501") {
         self.verdict = verdict
         self.message = message
         self.rule = rule
         self.policy = policy
+        self.limits = limits
+        self.sqlstate = sqlstate
     }
 }
 

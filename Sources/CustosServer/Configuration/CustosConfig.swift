@@ -57,6 +57,8 @@ public struct CustosConfig: Sendable {
     public var connections: [Connection]
     public var recording: Recording
     public var logLevel: String
+    /// The statement policy; nil when the file has no `policy` section.
+    public var policy: Policy?
     /// The folder relative paths are resolved against.
     public var baseDirectory: String
 
@@ -133,9 +135,11 @@ public struct CustosConfig: Sendable {
             throw ConfigError(key: "logging.level", problem: "expected trace, debug, info, notice, warning, error or critical")
         }
         try loggingReader.finish()
+        let policy = try PolicyConfig.parse(root.raw("policy"))
         try root.finish()
         return CustosConfig(
-            listen: listen, identity: identity, connections: connections, recording: recording, logLevel: level, baseDirectory: baseDirectory)
+            listen: listen, identity: identity, connections: connections, recording: recording, logLevel: level, policy: policy,
+            baseDirectory: baseDirectory)
     }
 
     private static func parseIssuers(_ value: Any?) throws(ConfigError) -> [IssuerSettings] {
