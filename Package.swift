@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "CustosServer",
             dependencies: [
-                "CustosCore", "CustosPostgres", "CustosStore",
+                "CustosCore", "CustosPostgres", "CustosStore", "CustosSQL",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -75,10 +75,14 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libpg_query as a system library: the real PostgreSQL parser (Debian libpg-query-dev).
+        .systemLibrary(name: "CPgQuery", pkgConfig: nil, providers: [.apt(["libpg-query-dev"])]),
+        // PostgreSQL statement analysis over libpg_query: implements CustosCore's StatementAnalyzer.
+        .target(name: "CustosSQL", dependencies: ["CustosCore", "CPgQuery"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "custos",
             dependencies: [
-                "CustosServer", "CustosStore", "CustosCore",
+                "CustosServer", "CustosStore", "CustosCore", "CustosSQL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -93,5 +97,6 @@ let package = Package(
         ),
         .testTarget(name: "CustosStoreTests", dependencies: ["CustosStore", "CustosCore"], swiftSettings: swiftSettings),
         .testTarget(name: "CustosServerTests", dependencies: ["CustosServer"], swiftSettings: swiftSettings),
+        .testTarget(name: "CustosSQLTests", dependencies: ["CustosSQL", "CustosCore"], swiftSettings: swiftSettings),
     ]
 )

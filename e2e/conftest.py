@@ -174,6 +174,13 @@ def base_config(pg: PostgresPeer, issuer_url: str) -> dict:
                                   "groups_claim": "groups"}]},
         "connections": connections,
         "recording": {"store": "custos.sqlite", "mode": "write-ahead"},
+        # Permissive on purpose: the spine's suites exercise the protocol, not the policy
+        # (e2e/test_policy.py starts gateways with strict policies of its own).
+        "policy": {"rules": [
+            {"name": "e2e-allow-flagged", "match": {"groups": ["agents", "dba"],
+             "flags": ["destructive", "privileged", "opaque", "unparseable"]}, "action": "allow"},
+            {"name": "e2e-allow", "match": {"groups": ["agents", "dba"]}, "action": "allow"},
+        ]},
         "logging": {"level": "info"},
     }
 

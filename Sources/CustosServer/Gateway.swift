@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import CustosCore
 import CustosPostgres
+import CustosSQL
 import CustosStore
 import Foundation
 import Logging
@@ -18,10 +19,15 @@ public final class Gateway: Service {
     let postgres: PostgresGateway
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
+    /// The Gate every session consults; its policy is replaced on SIGHUP.
+    public let gate: Gate
+    /// Where the configuration was read from (SIGHUP re-reads its policy); nil when built in memory.
+    let configPath: String?
 
     /// Builds every part; fails with a ``ConfigError`` naming the key when a secret or file is unusable.
-    public init(config: CustosConfig, logger: Logger) throws {
+    public init(config: CustosConfig, configPath: String? = nil, logger: Logger) throws {
         self.config = config
+        self.configPath = configPath
         self.logger = logger
         var targets: [String: PostgresTarget] = [:]
         for connection in config.connections {
@@ -67,8 +73,32 @@ public final class Gateway: Service {
             maxMessageSize: config.listen.maxMessageSize, startupTimeout: .milliseconds(Int64(config.listen.startupTimeout * 1000)),
             endSessionOnExpiry: config.identity.endSessionOnExpiry, clockSkew: .milliseconds(Int64(config.identity.clockSkew * 1000)),
             recordingMode: config.recording.mode)
-        self.postgres = PostgresGateway(settings: settings, targets: targets, gate: Gate(), verifier: verifier, recorder: writer, logger: logger)
+        self.gate = Gate(policy: config.policy ?? .denyAll, analyzer: PostgresAnalyzer())
+        self.postgres = PostgresGateway(settings: settings, targets: targets, gate: gate, verifier: verifier, recorder: writer, logger: logger)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+    }
+
+    /// Re-reads the policy on SIGHUP. Sessions keep running; a policy that fails validation is
+    /// refused and logged, and the one in force stays.
+    private func installReloadHandler() -> (any DispatchSourceSignal)? {
+        guard let configPath else { return nil }
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        let gate = self.gate
+        let logger = self.logger
+        source.setEventHandler {
+            do {
+                let policy = try CustosConfig.load(path: configPath).policy ?? .denyAll
+                gate.reload(policy)
+                logger.notice("policy reloaded", metadata: ["policy": "\(policy.version)", "rules": "\(policy.rules.count)"])
+                FileHandle.standardError.write(Data("custos: policy reloaded (\(policy.version))\n".utf8))
+            } catch {
+                logger.error("policy reload refused; the previous policy stays in force", metadata: ["error": "\(error)"])
+                FileHandle.standardError.write(Data("custos: policy reload refused: \(error)\n".utf8))
+            }
+        }
+        source.resume()
+        return source
     }
 
     /// Binds the listener, serves until graceful shutdown, then closes the listener and commits
@@ -77,7 +107,10 @@ public final class Gateway: Service {
         let listener = try await PostgresListener.bind(gateway: postgres, group: group)
         let address = listener.localAddress
         FileHandle.standardError.write(Data("custos: listening on \(address?.ipAddress ?? config.listen.host):\(address?.port ?? config.listen.port)\n".utf8))
-        logger.info("listening", metadata: ["address": "\(address.map { "\($0)" } ?? "?")", "writer": "\(writer.writerID)"])
+        logger.info(
+            "listening", metadata: ["address": "\(address.map { "\($0)" } ?? "?")", "writer": "\(writer.writerID)", "policy": "\(gate.policy.version)"])
+        let reload = installReloadHandler()
+        defer { reload?.cancel() }
         await withGracefulShutdownHandler {
             try? await listener.closeFuture.get()
         } onGracefulShutdown: {

@@ -21,7 +21,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "custos")
         let gateway: Gateway
         do {
-            gateway = try Gateway(config: config, logger: logger)
+            gateway = try Gateway(config: config, configPath: options.path, logger: logger)
         } catch {
             throw CLIError("\(options.path): \(error)")
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A named target as the Gate sees it (the wire-level address and credential stay in the adapter).
 public struct ConnectionTarget: Sendable, Equatable {
@@ -19,7 +20,7 @@ public struct ConnectionTarget: Sendable, Equatable {
     }
 }
 
-/// One request inside a session.
+/// One request inside a session, with its analysis.
 public struct Action: Sendable, Equatable {
     /// How the statement arrived.
     public enum Channel: String, Sendable {
@@ -31,11 +32,14 @@ public struct Action: Sendable, Equatable {
     public var text: String
     /// Bind parameters, as text (binary ones as `\x` hex); empty for the simple protocol.
     public var parameters: [String?]
+    /// What the parser found in `text`: one entry per statement of a multi-statement string.
+    public var statements: [StatementInfo]
 
-    public init(channel: Channel, text: String, parameters: [String?] = []) {
+    public init(channel: Channel, text: String, parameters: [String?] = [], statements: [StatementInfo] = []) {
         self.channel = channel
         self.text = text
         self.parameters = parameters
+        self.statements = statements
     }
 }
 
@@ -67,36 +71,88 @@ public struct Decision: Sendable, Equatable {
     }
 }
 
-/// The protocol-agnostic checkpoint every session and action passes through.
-///
-/// Adapters call it through this protocol only; the policy issue replaces the body of `decide`
-/// without touching them. `decide` is synchronous today: a `review` verdict is where a later
-/// issue parks the action in the session's "awaiting decision" state.
+/// The protocol-agnostic checkpoint every session and action passes through. Adapters call it
+/// through this protocol only.
 public protocol GateProtocol: Sendable {
     /// May this identity open a session on this connection?
     func authorize(_ identity: Identity, on connection: ConnectionTarget) -> Decision
-    /// What happens to this action?
+    /// What the statements in `text` are (a session keeps this for a prepared statement).
+    func analyze(_ text: String) -> [StatementInfo]
+    /// What happens to this action? A `review` verdict is where approvals park the action in the
+    /// session's "awaiting decision" stage.
     func decide(_ action: Action, by identity: Identity, on connection: ConnectionTarget) -> Decision
 }
 
-/// The Gate of the spine: connection access by group; every statement of an admitted session is
-/// allowed (statement policy arrives with the policy issue).
-public struct Gate: GateProtocol {
-    /// Recorded as the policy of every decision until a policy file exists.
-    public static let policyVersion = "none"
+/// The Gate: connection access by group, then the statement policy (docs/policy.md), with the
+/// per-identity rate limits the policy sets. The policy can be replaced while sessions run.
+public final class Gate: GateProtocol {
+    private let analyzer: any StatementAnalyzer
+    private let current: Mutex<Policy>
+    private let rates = RateLimiter()
+    private let now: @Sendable () -> Date
 
-    public init() {}
+    public init(policy: Policy, analyzer: any StatementAnalyzer, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.analyzer = analyzer
+        self.current = Mutex(policy)
+        self.now = now
+    }
+
+    /// The policy in force.
+    public var policy: Policy { current.withLock { $0 } }
+
+    /// Puts a new policy in force for every later decision, in every session.
+    public func reload(_ policy: Policy) {
+        current.withLock { $0 = policy }
+    }
 
     public func authorize(_ identity: Identity, on connection: ConnectionTarget) -> Decision {
+        let version = policy.version
         if identity.groups.contains(where: connection.allowGroups.contains) {
-            return Decision(verdict: .allow, rule: "connections.\(connection.name).allow_groups", policy: Self.policyVersion)
+            return Decision(verdict: .allow, rule: "connections.\(connection.name).allow_groups", policy: version)
         }
         return Decision(
             verdict: .deny, message: "identity \"\(identity.subject)\" is not allowed on connection \"\(connection.name)\"",
-            rule: "connections.\(connection.name).allow_groups", policy: Self.policyVersion)
+            rule: "connections.\(connection.name).allow_groups", policy: version, sqlstate: "28000")
+    }
+
+    public func analyze(_ text: String) -> [StatementInfo] {
+        analyzer.analyze(text)
     }
 
     public func decide(_ action: Action, by identity: Identity, on connection: ConnectionTarget) -> Decision {
-        Decision(verdict: .allow, rule: "connections.\(connection.name).allow_groups", policy: Self.policyVersion)
+        let date = now()
+        var decision = policy.evaluate(action.statements, identity: identity, connection: connection.name, at: date).decision
+        if decision.verdict == .allow, let rate = decision.limits.ratePerSecond, let rule = decision.rule,
+            !rates.admit(key: "\(identity.issuer)|\(identity.subject)|\(rule)", rate: rate, at: date)
+        {
+            decision = Decision(
+                verdict: .deny, message: "rate limit exceeded: at most \(rate) statements per second under policy rule \"\(rule)\"",
+                rule: rule, policy: decision.policy, sqlstate: "53400")
+        }
+        return decision
+    }
+}
+
+/// Token buckets per key: `rate` statements per second, with a burst of one second's worth.
+final class RateLimiter: Sendable {
+    private struct Bucket {
+        var tokens: Double
+        var updated: Date
+    }
+
+    private let buckets = Mutex<[String: Bucket]>([:])
+
+    func admit(key: String, rate: Double, at date: Date) -> Bool {
+        buckets.withLock { buckets in
+            let burst = max(1, rate)
+            var bucket = buckets[key] ?? Bucket(tokens: burst, updated: date)
+            bucket.tokens = min(burst, bucket.tokens + max(0, date.timeIntervalSince(bucket.updated)) * rate)
+            bucket.updated = date
+            let admitted = bucket.tokens >= 1
+            if admitted { bucket.tokens -= 1 }
+            buckets[key] = bucket
+            if buckets.count > 100_000 { buckets.removeAll() }  // bounded: a flood of identities cannot grow it forever
+            return admitted
+        }
     }
 }

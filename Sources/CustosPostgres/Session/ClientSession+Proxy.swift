@@ -1,6 +1,23 @@
 import CustosCore
 import NIOCore
 
+/// A statement prepared with Parse, analysed once.
+struct Prepared {
+    var text: String
+    var statements: [StatementInfo]
+
+    /// A statement the session never saw prepared (e.g. by SQL-level PREPARE): its effect is unknown.
+    static func unknown(_ name: String) -> Prepared {
+        let text = "<prepared statement \"\(name)\">"
+        return Prepared(text: text, statements: [StatementInfo(kind: "execute", flags: [.opaque], readOnly: false, text: text)])
+    }
+
+    static func unknown(portal: String) -> Action {
+        let text = "<unknown portal \"\(portal)\">"
+        return Action(channel: .extended, text: text, statements: [StatementInfo(kind: "execute", flags: [.opaque], readOnly: false, text: text)])
+    }
+}
+
 /// A statement parked until its decision and write-ahead commit complete. While one is held the
 /// session reads nothing more from the client, and what was already read queues behind it.
 struct HeldStatement {
@@ -57,20 +74,22 @@ extension ClientSession: BackendDelegate {
         }
         switch message {
         case .query(let text):
-            submit(frame, action: Action(channel: .simple, text: text), expectation: { .query($0) })
+            let action = Action(channel: .simple, text: text, statements: gateway.gate.analyze(text))
+            submit(frame, action: action, expectation: { .query($0) })
         case .parse(let parse):
-            preparedStatements[parse.statement] = parse.query
+            // Analysed once here; every Execute of it reuses the analysis.
+            preparedStatements[parse.statement] = Prepared(text: parse.query, statements: gateway.gate.analyze(parse.query))
             forward(frame, expecting: .parse)
         case .bind(let bind):
-            let text = preparedStatements[bind.statement] ?? "<prepared statement \"\(bind.statement)\">"
+            let prepared = preparedStatements[bind.statement] ?? Prepared.unknown(bind.statement)
             let parameters = bind.parameters.enumerated().map { index, value in Self.render(value, format: bind.format(of: index)) }
-            portals[bind.portal] = (text, parameters)
+            portals[bind.portal] = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
             forward(frame, expecting: .bind)
         case .describe(let target):
             forward(frame, expecting: target.kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
         case .execute(let portal, _):
-            let bound = portals[portal] ?? ("<unknown portal \"\(portal)\">", [])
-            submit(frame, action: Action(channel: .extended, text: bound.text, parameters: bound.parameters), expectation: { .execute($0!) })
+            let action = portals[portal] ?? Prepared.unknown(portal: portal)
+            submit(frame, action: action, expectation: { .execute($0!) })
         case .close(let target):
             if target.kind == UInt8(ascii: "S") { preparedStatements[target.name] = nil } else { portals[target.name] = nil }
             forward(frame, expecting: .close)
@@ -96,18 +115,38 @@ extension ClientSession: BackendDelegate {
     private func submit(_ frame: PostgresFrame, action: Action, expectation: @escaping (ResponseTracker.Statement?) -> ResponseTracker.Expectation) {
         guard let identity, let target else { return }
         let simple = action.channel == .simple
-        if simple, action.text.allSatisfy({ $0.isWhitespace || $0 == ";" }) {
-            return forward(frame, expecting: .query(nil))  // empty query: nothing runs
+        if simple, action.statements.isEmpty {
+            return forward(frame, expecting: .query(nil))  // empty query (blanks, comments): nothing runs
         }
+        var frame = frame
         held = HeldStatement(stage: .awaitingDecision, frame: frame)
-        let decision = gateway.gate.decide(action, by: identity, on: target.connection)
+        var decision: Decision
+        if abortedBlock {
+            // The client's transaction failed at the gateway while the backend's did not: answer as
+            // PostgreSQL would in a failed transaction, and turn COMMIT into ROLLBACK.
+            decision = Self.inAbortedBlock(action)
+            if decision.verdict == .allow, action.statements.first?.kind == "rollback_to" {
+                abortClearsAtReady = true
+            }
+            if decision.verdict == .allow, simple, action.statements.first?.kind == "commit" {
+                var body = ByteBuffer()
+                body.writeCString("ROLLBACK")
+                frame = PostgresFrame(type: frame.type, body: body)
+            }
+        } else {
+            decision = gateway.gate.decide(action, by: identity, on: target.connection)
+        }
         held = nil
         statementCount += 1
         let draft = events.statement(number: statementCount, action: action, decision: decision)
         guard decision.verdict == .allow else {
             gateway.recorder.appendLater(draft)
-            let message = decision.verdict == .review ? "statement requires approval" : (decision.message ?? "statement denied by policy")
-            return refuseStatement(ErrorFields(severity: "ERROR", sqlstate: "42501", message: message), simple: simple)
+            let message = decision.message ?? (decision.verdict == .review ? "statement requires approval" : "statement denied by policy")
+            var error = ErrorFields(severity: "ERROR", sqlstate: decision.sqlstate, message: message)
+            if decision.verdict == .review {
+                error.fields.append((UInt8(ascii: "H"), "ask an approver; until approvals are available a review rule refuses the statement"))
+            }
+            return refuseStatement(error, simple: simple)
         }
         let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
         switch gateway.settings.recordingMode {
@@ -172,8 +211,10 @@ extension ClientSession: BackendDelegate {
             case .finished(let statement):
                 recordResult(statement, error: statement.error)
             case .emit(let error, let ready):
+                // Any error inside a transaction block fails the block, as in PostgreSQL.
+                if tracker.transactionStatus != .idle { abortedBlock = true }
                 send(.errorResponse(error), flush: false)
-                if let ready { send(.readyForQuery(ready), flush: false) }
+                if let ready { send(.readyForQuery(abortedBlock ? .failed : ready), flush: false) }
             }
         }
     }
@@ -204,7 +245,17 @@ extension ClientSession: BackendDelegate {
         guard case .proxying = phase else { return backendStartupFrame(frame) }
         var effects: [ResponseTracker.Effect] = []
         tracker.received(frame.type, frame: frame, effects: &effects)
-        writeToClient(frame.raw)
+        if frame.type == UInt8(ascii: "Z"), abortedBlock {
+            if abortClearsAtReady || tracker.transactionStatus == .idle {
+                abortedBlock = false
+                abortClearsAtReady = false
+                writeToClient(frame.raw)
+            } else {
+                send(.readyForQuery(.failed), flush: false)  // the backend's block is healthy; the client's is not
+            }
+        } else {
+            writeToClient(frame.raw)
+        }
         apply(effects)
         if frame.type == UInt8(ascii: "Z"), pendingExpiry, tracker.isIdle, held == nil {
             flushClient()
@@ -242,6 +293,21 @@ extension ClientSession: BackendDelegate {
     }
 
     // MARK: Helpers
+
+    /// In a transaction that failed at the gateway only ROLLBACK, ROLLBACK TO SAVEPOINT and COMMIT
+    /// (which becomes ROLLBACK, as PostgreSQL reports it) may pass.
+    static func inAbortedBlock(_ action: Action) -> Decision {
+        let kinds = action.statements.map(\.kind)
+        let ending = kinds.count == 1 && ["rollback", "rollback_to", "commit"].contains(kinds[0])
+        // An extended-protocol COMMIT was already parsed as COMMIT by the backend; it cannot be
+        // rewritten, so it is refused like any other statement in the failed block.
+        if ending, !(kinds[0] == "commit" && action.channel == .extended) {
+            return Decision(verdict: .allow, rule: "transaction.aborted", policy: nil)
+        }
+        return Decision(
+            verdict: .deny, message: "current transaction is aborted, commands ignored until end of transaction block",
+            rule: "transaction.aborted", policy: nil, sqlstate: "25P02")
+    }
 
     /// The row count PostgreSQL puts in a command tag (`SELECT 3`, `INSERT 0 5`, `COPY 7`).
     static func rowCount(_ tag: String) -> Int? {

@@ -47,8 +47,13 @@ final class ClientSession: ChannelInboundHandler {
     // Proxying state (see ClientSession+Proxy.swift).
     var tracker = ResponseTracker()
     var statementCount = 0
-    var preparedStatements: [String: String] = [:]
-    var portals: [String: (text: String, parameters: [String?])] = [:]
+    var preparedStatements: [String: Prepared] = [:]
+    var portals: [String: Action] = [:]
+    /// The client's transaction block failed at the gateway (a refused statement) while the
+    /// backend's did not; the session answers as PostgreSQL does in a failed transaction.
+    var abortedBlock = false
+    /// A ROLLBACK TO SAVEPOINT was forwarded in a failed block: the next ReadyForQuery is healthy.
+    var abortClearsAtReady = false
     /// A statement waiting for its decision or write-ahead commit; later client input queues behind it.
     var held: HeldStatement?
     var queued = CircularBuffer<PostgresFrame>()
@@ -105,6 +110,7 @@ final class ClientSession: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flushBackend()
+        flushClient()  // gateway-made replies (refusals) to what was just read
         requestClientRead()
     }
 

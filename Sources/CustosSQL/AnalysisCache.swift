@@ -1,0 +1,103 @@
+import CustosCore
+import Synchronization
+
+/// One statement's analysis without its text: what the cache keeps. Everything here is the same
+/// for every statement that normalizes to the same text (the walker marks the exceptions, such as
+/// `set_config('role', …)`, whose analyses are never stored) — except, rarely, the fingerprint:
+/// libpg_query's fingerprint covers a few strings that normalization hides (role passwords,
+/// user-mapping options, subscription connection strings, a unary minus before a string literal),
+/// so a hit carries the fingerprint of the first such statement seen. Policy never depends on it.
+struct CachedStatement: Sendable {
+    var kind: String
+    var tablesRead: [String]
+    var tablesWritten: [String]
+    var functions: [String]
+    var flags: Set<StatementInfo.Flag>
+    var readOnly: Bool
+    var normalized: String
+    var fingerprint: String
+
+    init(_ facts: StatementFacts, normalized: String, fingerprint: String) {
+        kind = facts.kind
+        tablesRead = facts.tablesRead
+        tablesWritten = facts.tablesWritten
+        functions = facts.functions
+        flags = facts.flags
+        readOnly = facts.readOnly
+        self.normalized = normalized
+        self.fingerprint = fingerprint
+    }
+
+    func info(text: String) -> StatementInfo {
+        StatementInfo(
+            kind: kind, tablesRead: tablesRead, tablesWritten: tablesWritten, functions: functions, flags: flags,
+            readOnly: readOnly, text: text, normalized: normalized, fingerprint: fingerprint
+        )
+    }
+}
+
+/// A bounded map from a whole input's normalized text to its statements' analyses.
+///
+/// Keyed by normalized text because pgbench-style traffic sends a new literal every time, so exact
+/// text rarely repeats. Eviction is two generations rather than LRU: inserts go to `current`; when
+/// it holds half the capacity it becomes `previous` and a new `current` starts; a hit in `previous`
+/// is promoted. Hot entries survive, memory stays under `capacity` entries, and no per-hit
+/// bookkeeping is needed under the lock.
+final class AnalysisCache: Sendable {
+    private struct Generations {
+        var current: [String: [CachedStatement]] = [:]
+        var previous: [String: [CachedStatement]] = [:]
+    }
+
+    /// Inputs whose normalized text is longer than this are not cached: they are rare and would
+    /// make the cache's memory unbounded in practice (a bulk INSERT's text can be megabytes).
+    static let maximumKeyBytes = 8192
+
+    let capacity: Int
+    private let generations = Mutex(Generations())
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 2)
+    }
+
+    func lookup(_ key: String) -> [CachedStatement]? {
+        var retired: [String: [CachedStatement]] = [:]
+        let found: [CachedStatement]? = generations.withLock { state in
+            if let hit = state.current[key] { return hit }
+            guard let hit = state.previous[key] else { return nil }
+            retired = Self.insert(&state, key: key, value: hit, generationSize: capacity / 2)
+            return hit
+        }
+        _ = retired  // released here, outside the lock
+        return found
+    }
+
+    func store(_ key: String, _ value: [CachedStatement]) {
+        guard key.utf8.count <= Self.maximumKeyBytes else { return }
+        var retired: [String: [CachedStatement]] = [:]
+        generations.withLock { state in
+            retired = Self.insert(&state, key: key, value: value, generationSize: capacity / 2)
+        }
+        _ = retired
+    }
+
+    var count: Int {
+        generations.withLock { $0.current.count + $0.previous.count }
+    }
+
+    /// Inserts into `current`, rotating generations when it is full; returns the dropped generation
+    /// so that the caller frees it after releasing the lock.
+    private static func insert(
+        _ state: inout Generations, key: String, value: [CachedStatement], generationSize: Int
+    ) -> [String: [CachedStatement]] {
+        var retired: [String: [CachedStatement]] = [:]
+        if state.current.count >= generationSize, state.current[key] == nil {
+            retired = state.previous
+            state.previous = state.current
+            state.current = [:]
+            state.current.reserveCapacity(generationSize)
+        }
+        state.current[key] = value
+        return retired
+    }
+}
