@@ -206,3 +206,54 @@ def test_policy_check_answers_from_the_config_alone(launcher):
     assert "destructive" in out["statements"][0]["flags"]
     rc, _, err = run_check(gw, "--sub", "a", "--connection", "nope", "--sql", "SELECT 1")
     assert rc == 2 and "unknown connection" in err
+
+
+LIMITED = {"policy": {"rules": [
+    {"name": "limited-reads", "match": {"groups": ["agents"], "read_only": True}, "action": "allow",
+     "limits": {"max_rows": 10, "statement_timeout": "1s"}},
+    {"name": "agents-tx", "match": {"groups": ["agents"], "kinds": ["begin", "commit", "rollback"]}, "action": "allow"},
+]}}
+
+
+def test_max_rows_ends_the_statement_with_54000(start_gateway, mint, app):
+    gw = start_gateway(LIMITED)
+    with psycopg.connect(gw.dsn(mint(), app=app), autocommit=True) as conn:
+        assert len(conn.execute("SELECT g FROM generate_series(1, 10) g").fetchall()) == 10
+        for prepare in (False, True):
+            with pytest.raises(psycopg.Error) as over:
+                conn.execute("SELECT g FROM generate_series(1, %s) g", (100000,), prepare=prepare)
+            assert over.value.sqlstate == "54000", over.value
+            assert "more than 10 rows" in str(over.value)
+        with pytest.raises(psycopg.Error) as simple:
+            conn.execute("SELECT g FROM generate_series(1, 50) g")
+        assert simple.value.sqlstate == "54000"
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    recorded = statements_of(gw, app)
+    assert recorded[1]["error"]["sqlstate"] == "54000"
+    assert recorded[1]["command_tag"] is None
+
+
+def test_max_rows_inside_a_transaction_fails_the_block(start_gateway, mint, app):
+    gw = start_gateway(LIMITED)
+    with psycopg.connect(gw.dsn(mint(), app=app)) as conn:
+        with pytest.raises(psycopg.Error) as over:
+            conn.execute("SELECT g FROM generate_series(1, 11) g")
+        assert over.value.sqlstate == "54000"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_statement_timeout_cancels_with_57014(start_gateway, mint, app):
+    import time
+
+    gw = start_gateway(LIMITED)
+    with psycopg.connect(gw.dsn(mint(), app=app), autocommit=True) as conn:
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled) as cancelled:
+            conn.execute("SELECT pg_sleep(20)")
+        assert time.monotonic() - started < 10
+        assert "statement timeout" in str(cancelled.value)
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    recorded = statements_of(gw, app)
+    assert recorded[0]["error"]["sqlstate"] == "57014"

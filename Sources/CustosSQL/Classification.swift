@@ -104,8 +104,11 @@ enum Classification {
         "OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE", "OBJECT_SEQUENCE", "OBJECT_INDEX",
     ]
 
-    /// ALTER TABLE subcommands that change who may see or own the table.
-    static let privilegedAlterTableCommands: Set<String> = ["AT_ChangeOwner", "AT_DisableRowSecurity", "AT_NoForceRowSecurity"]
+    /// ALTER TABLE subcommands that change who may see or own the table, or switch off the
+    /// system triggers that enforce foreign keys (superuser only).
+    static let privilegedAlterTableCommands: Set<String> = [
+        "AT_ChangeOwner", "AT_DisableRowSecurity", "AT_NoForceRowSecurity", "AT_DisableTrigAll",
+    ]
 
     /// Settings whose change switches identity or bypasses triggers and constraints: `SET` of them
     /// and `set_config` on them are privileged.

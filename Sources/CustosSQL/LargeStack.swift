@@ -1,3 +1,5 @@
+import CPgQuery
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -10,13 +12,26 @@ import Darwin
 /// all do), about 350 bytes of stack per level, and a left-nested expression such as
 /// `1+1+1+…` nests one level per operator — two bytes of SQL. On an 8 MiB thread, a statement of
 /// roughly 40 KiB can therefore crash the process inside the C library (measured: SIGSEGV at
-/// 30000 operators). Small statements run inline; large ones run here, with a stack proportional
-/// to their size.
+/// 30000 operators). Statements whose worst case fits the current thread's remaining stack run
+/// inline; larger ones run here, with a stack proportional to their size.
 enum LargeStack {
-    /// Stack bytes reserved per byte of SQL (≈ 175 needed at worst, measured), plus a base.
+    /// Stack bytes reserved per byte of SQL (≈ 175 needed at worst, measured: a nesting level
+    /// takes at least two bytes of SQL and about 350 bytes of stack), plus a base.
     static let bytesPerInputByte = 256
     static let baseStackSize = 16 << 20
     static let maximumStackSize = 1 << 30
+    /// Statements this small run inline without asking: their worst case (about 175 KiB) fits
+    /// any thread a server runs on.
+    static let alwaysInlineBytes = 1 << 10
+    /// Room kept free below libpg_query's worst case when running inline.
+    static let inlineMargin = 512 << 10
+
+    /// Whether a statement of `inputBytes` can safely be parsed on the current thread.
+    static func fitsInline(inputBytes: Int) -> Bool {
+        if inputBytes <= alwaysInlineBytes { return true }
+        let remaining = Int(custos_stack_remaining())
+        return inputBytes <= remaining / bytesPerInputByte && inputBytes * bytesPerInputByte + inlineMargin <= remaining
+    }
 
     /// The stack size for a statement of `inputBytes`, or nil when even the maximum cannot hold its
     /// worst case (the caller then fails closed).

@@ -6,17 +6,19 @@ import CustosCore
 /// in literals, comments and dollar quotes are not boundaries), it reports the kind, the tables
 /// read and written, the functions called and the flags found anywhere in the tree (see
 /// ``StatementInfo``). Text the parser rejects is one `unknown` statement flagged `unparseable`;
-/// empty text, or only comments, is no statement at all.
+/// empty text, or only comments, is no statement at all. The `text` of a one-statement string is
+/// the whole input without surrounding blanks and trailing semicolons (comments included); in a
+/// multi-statement string, each part's own text.
+///
+/// Large statements are parsed on a thread with a stack sized for them, since libpg_query
+/// recurses once per nesting level; beyond about 4 MiB of SQL, whose worst case no stack would
+/// hold, the input is reported `unparseable` (fail closed).
 ///
 /// Results are cached by the input's normalized text (literals replaced by placeholders), so a
 /// repeated statement shape costs one `pg_query_normalize` and a dictionary lookup whatever its
 /// literals; `text` is always the caller's own. The analyzer is a value; copies share the cache.
 /// It is safe to use from any number of threads at once.
 public struct PostgresAnalyzer: StatementAnalyzer {
-    /// Statements up to this many bytes are parsed on the caller's thread; larger ones on a thread
-    /// whose stack fits their worst-case nesting (see ``LargeStack``).
-    static let inlineInputBytes = 16 << 10
-
     private let cache: AnalysisCache?
 
     /// - Parameter cacheCapacity: how many distinct normalized inputs to remember (0 disables the
@@ -25,11 +27,14 @@ public struct PostgresAnalyzer: StatementAnalyzer {
         cache = cacheCapacity > 0 ? AnalysisCache(capacity: cacheCapacity) : nil
     }
 
+    /// The statements in `sql`, each with its kind, tables, functions, flags, own text,
+    /// normalized text and fingerprint. Never fails: text the parser rejects (or that holds a NUL
+    /// byte, which would hide what follows it from the C parser) is one `unparseable` statement.
     public func analyze(_ sql: String) -> [StatementInfo] {
         let bytes = sql.utf8.count
-        // libpg_query reads a C string: an embedded NUL would hide everything after it.
         if sql.utf8.contains(0) { return [Self.unparseable(sql)] }
-        if bytes <= Self.inlineInputBytes { return analyzeInline(sql) }
+        // Parsing recurses once per nesting level: large statements go where the stack fits them.
+        if LargeStack.fitsInline(inputBytes: bytes) { return analyzeInline(sql) }
         guard let stackSize = LargeStack.stackSize(forInputBytes: bytes),
             let infos = LargeStack.run(stackSize: stackSize, { analyzeInline(sql) })
         else { return [Self.unparseable(sql)] }
@@ -85,8 +90,9 @@ public struct PostgresAnalyzer: StatementAnalyzer {
             var found: [(facts: StatementFacts, range: PgQuery.StatementRange)] = []
             tape.forEachChild(statements) { raw in
                 let range = PgQuery.StatementRange(location: tape.int(raw, "stmt_location"), length: tape.int(raw, "stmt_len"))
-                guard let statement = tape.member(raw, "stmt") else { return }
-                found.append((StatementWalker.analyze(tape, statement: statement), range))
+                // A statement we cannot find in the tree is still a statement: opaque, not skipped.
+                let facts = tape.member(raw, "stmt").map { StatementWalker.analyze(tape, statement: $0) }
+                found.append((facts ?? StatementFacts(kind: "unknown", flags: [.opaque]), range))
             }
             return found
         }

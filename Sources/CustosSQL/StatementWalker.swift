@@ -86,7 +86,7 @@ final class StatementWalker {
 
     private func kind(_ type: String, _ fields: Int32) -> String {
         switch type {
-        case "SelectStmt": return tape.member(fields, "intoClause") == nil ? "select" : "create_table_as"
+        case "SelectStmt": return selectsInto(fields) ? "create_table_as" : "select"
         case "TransactionStmt": return tape.string(fields, "kind").flatMap { Classification.transactionKinds[$0] } ?? "transaction"
         case "VariableSetStmt":
             let setKind = tape.string(fields, "kind") ?? ""
@@ -96,6 +96,16 @@ final class StatementWalker {
         case "GrantRoleStmt": return tape.bool(fields, "is_grant") ? "grant_role" : "revoke_role"
         case "CreateFunctionStmt": return tape.bool(fields, "is_procedure") ? "create_procedure" : "create_function"
         default: return Classification.kinds[type] ?? Classification.snakeCase(type)
+        }
+    }
+
+    /// SELECT … INTO, also when it starts a UNION: the grammar puts INTO on the leftmost SELECT.
+    private func selectsInto(_ fields: Int32) -> Bool {
+        var select = fields
+        while true {
+            if tape.member(select, "intoClause") != nil { return true }
+            guard let left = tape.member(select, "larg") else { return false }
+            select = left
         }
     }
 

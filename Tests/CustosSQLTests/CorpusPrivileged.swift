@@ -22,6 +22,8 @@ enum CorpusPrivileged {
         c("ALTER SCHEMA app OWNER TO bob", "alter_owner", flags: [.privileged]),
         c("ALTER TABLE t OWNER TO bob", "alter_table", w: ["t"], flags: [.privileged]),
         c("ALTER TABLE t DISABLE ROW LEVEL SECURITY", "alter_table", w: ["t"], flags: [.privileged]),
+        c("ALTER TABLE t DISABLE TRIGGER ALL", "alter_table", w: ["t"], flags: [.privileged]),
+        c("ALTER DATABASE appdb SET role = 'admin'", "alter_database_set", flags: [.privileged]),
         // Identity switches
         c("SET ROLE admin", "set", flags: [.privileged]),
         c("SET LOCAL ROLE admin", "set", flags: [.privileged]),

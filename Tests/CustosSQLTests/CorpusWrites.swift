@@ -49,6 +49,8 @@ enum CorpusWrites {
         // SELECT … INTO and CREATE TABLE … AS create a table.
         c("SELECT * INTO new_t FROM t", "create_table_as", r: ["t"], w: ["new_t"]),
         c("SELECT a INTO TEMP tmp FROM t WHERE false", "create_table_as", r: ["t"], w: ["tmp"]),
+        c("SELECT * INTO x FROM t UNION SELECT * FROM u", "create_table_as", r: ["t", "u"], w: ["x"]),
+        c("CREATE TABLE t2 AS EXECUTE p(1)", "create_table_as", w: ["t2"], flags: [.opaque]),
         c("CREATE TABLE t2 AS SELECT * FROM t", "create_table_as", r: ["t"], w: ["t2"]),
         c("CREATE TABLE t2 AS SELECT * FROM t WITH NO DATA", "create_table_as", r: ["t"], w: ["t2"]),
         c(
@@ -85,6 +87,7 @@ enum CorpusWrites {
         c("ALTER TABLE parent DETACH PARTITION p1", "alter_table", w: ["parent", "p1"], flags: [.destructive]),
         c("ALTER TABLE parent ATTACH PARTITION p1 FOR VALUES FROM (1) TO (10)", "alter_table", w: ["parent", "p1"]),
         c("ALTER TABLE t SET SCHEMA archive", "alter_object_schema", w: ["t"]),
+        c("ALTER TABLE t DISABLE TRIGGER trg", "alter_table", w: ["t"]),
         c("COMMENT ON TABLE t IS 'x'", "comment"),
         c("CREATE TRIGGER trg BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", "create_trigger", w: ["t"]),
         c("CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u", "create_rule", w: ["t", "u"], flags: [.destructive]),

@@ -148,7 +148,8 @@ extension ClientSession: BackendDelegate {
             }
             return refuseStatement(error, simple: simple)
         }
-        let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
+        let statement = ResponseTracker.Statement(
+            number: statementCount, startedAt: 0, rowLimit: decision.limits.maxRows, timeout: decision.limits.statementTimeout)
         switch gateway.settings.recordingMode {
         case .async:
             gateway.recorder.appendLater(draft)
@@ -192,9 +193,11 @@ extension ClientSession: BackendDelegate {
             case .execute(var statement):
                 statement.startedAt = NIODeadline.now().uptimeNanoseconds
                 expectation = .execute(statement)
+                scheduleTimeout(statement)
             case .query(var statement?):
                 statement.startedAt = NIODeadline.now().uptimeNanoseconds
                 expectation = .query(statement)
+                scheduleTimeout(statement)
             default: break
             }
             var effects: [ResponseTracker.Effect] = []
@@ -216,6 +219,26 @@ extension ClientSession: BackendDelegate {
                 send(.errorResponse(error), flush: false)
                 if let ready { send(.readyForQuery(abortedBlock ? .failed : ready), flush: false) }
             }
+        }
+    }
+
+    /// Cancels the statement at the backend if it still runs when its policy timeout expires.
+    private func scheduleTimeout(_ statement: ResponseTracker.Statement) {
+        guard let timeout = statement.timeout else { return }
+        let number = statement.number
+        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+        context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] in
+            guard let self, !self.isClosed else { return }
+            let error = ErrorFields(
+                severity: "ERROR", sqlstate: "57014",
+                message: "canceling statement due to statement timeout (the policy allows \(timeout.formatted()))")
+            if self.tracker.markTimedOut(number, error: error) { self.cancelBackendQuery() }
+        }
+    }
+
+    func cancelBackendQuery() {
+        if let cancelKey, let entry = gateway.cancelKeys.lookup(cancelKey) {
+            Self.sendCancel(entry, on: context.eventLoop)
         }
     }
 
@@ -243,6 +266,22 @@ extension ClientSession: BackendDelegate {
 
     func backendFrame(_ frame: PostgresFrame) {
         guard case .proxying = phase else { return backendStartupFrame(frame) }
+        var frame = frame
+        let (disposition, cancel) = tracker.check(frame.type, frame: frame)
+        if cancel { cancelBackendQuery() }
+        switch disposition {
+        case .forward: break
+        case .drop: return
+        case .replace(let error):
+            // A completed statement reported as failed fails the client's transaction block while
+            // the backend's stays healthy: emulate it, as for a refusal.
+            if frame.type != UInt8(ascii: "E"), tracker.transactionStatus != .idle { abortedBlock = true }
+            var buffer = context.channel.allocator.buffer(capacity: 128)
+            BackendMessage.errorResponse(error).encode(into: &buffer)
+            var body = buffer
+            body.moveReaderIndex(forwardBy: 5)
+            frame = PostgresFrame(type: UInt8(ascii: "E"), body: body, raw: buffer)
+        }
         var effects: [ResponseTracker.Effect] = []
         tracker.received(frame.type, frame: frame, effects: &effects)
         if frame.type == UInt8(ascii: "Z"), abortedBlock {

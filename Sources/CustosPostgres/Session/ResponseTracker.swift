@@ -12,6 +12,23 @@ struct ResponseTracker {
         var rows = 0
         var commandTag: String?
         var error: ErrorFields?
+        /// The policy's `max_rows` for it.
+        var rowLimit: Int?
+        /// The policy's `statement_timeout` for it.
+        var timeout: Duration?
+        /// Set once it returned more rows than allowed: the error it ends with.
+        var exceeded: ErrorFields?
+        /// Set when its statement timeout fired: the error its cancellation is reported as.
+        var timedOut: ErrorFields?
+    }
+
+    /// What the session does with a backend message, given the head statement's limits.
+    enum Disposition: Equatable {
+        case forward
+        /// A row beyond the limit: not sent.
+        case drop
+        /// Sent as this error instead.
+        case replace(ErrorFields)
     }
 
     enum Expectation: Equatable {
@@ -58,6 +75,71 @@ struct ResponseTracker {
         drainRefusals(into: &effects)
     }
 
+    /// Applies the head statement's limits to a backend message before it is accounted for:
+    /// rows beyond `max_rows` are dropped and the statement ends with SQLSTATE 54000 (never a
+    /// silent cut); a cancellation caused by a statement timeout is reported as such (57014).
+    /// `cancel` is true the first time the backend should be told to stop.
+    mutating func check(_ type: UInt8, frame: PostgresFrame) -> (disposition: Disposition, cancel: Bool) {
+        guard var statement = headStatement else { return (.forward, false) }
+        switch type {
+        case UInt8(ascii: "D"):
+            guard let limit = statement.rowLimit, statement.rows >= limit else { return (.forward, false) }
+            if statement.exceeded != nil { return (.drop, false) }
+            statement.exceeded = ErrorFields(
+                severity: "ERROR", sqlstate: "54000",
+                message: "the statement returned more than \(limit) rows, the policy's max_rows; it was ended and no further rows were sent")
+            headStatement = statement
+            return (.drop, true)
+        case UInt8(ascii: "C"), UInt8(ascii: "I"), UInt8(ascii: "s"), UInt8(ascii: "E"):
+            if let exceeded = statement.exceeded { return (.replace(exceeded), false) }
+            if type == UInt8(ascii: "E"), let timedOut = statement.timedOut,
+                case .errorResponse(let fields)? = try? BackendMessage.decode(frame), fields.sqlstate == "57014"
+            {
+                return (.replace(timedOut), false)
+            }
+            return (.forward, false)
+        default:
+            return (.forward, false)
+        }
+    }
+
+    /// Marks a statement whose timeout fired; false when it already finished.
+    mutating func markTimedOut(_ number: Int, error: ErrorFields) -> Bool {
+        for index in queue.indices {
+            switch queue[index] {
+            case .execute(var statement) where statement.number == number:
+                statement.timedOut = error
+                queue[index] = .execute(statement)
+                return true
+            case .query(var statement?) where statement.number == number:
+                statement.timedOut = error
+                queue[index] = .query(statement)
+                return true
+            default: continue
+            }
+        }
+        return false
+    }
+
+    /// The statement whose results are arriving now.
+    private var headStatement: Statement? {
+        get {
+            switch queue.first {
+            case .execute(let statement): statement
+            case .query(let statement?): statement
+            default: nil
+            }
+        }
+        set {
+            guard let newValue else { return }
+            switch queue.first {
+            case .execute: queue[queue.startIndex] = .execute(newValue)
+            case .query(_?): queue[queue.startIndex] = .query(newValue)
+            default: break
+            }
+        }
+    }
+
     /// Accounts for one backend message.
     mutating func received(_ type: UInt8, frame: PostgresFrame, effects: inout [Effect]) {
         switch type {
@@ -84,10 +166,18 @@ struct ResponseTracker {
             switch queue.first {
             case .execute(var statement):
                 statement.commandTag = tag
+                if let exceeded = statement.exceeded {
+                    statement.error = exceeded
+                    statement.commandTag = nil
+                }
                 queue.removeFirst()
                 effects.append(.finished(statement))
             case .query(var statement?):
                 statement.commandTag = tag ?? statement.commandTag
+                if let exceeded = statement.exceeded {
+                    statement.error = exceeded
+                    statement.commandTag = nil
+                }
                 queue[queue.startIndex] = .query(statement)
             default: break
             }
@@ -133,7 +223,7 @@ struct ResponseTracker {
     private mutating func failUntilSync(_ error: ErrorFields, effects: inout [Effect]) {
         guard let head = queue.first else { return }
         if case .query(var statement?) = head {
-            statement.error = error
+            statement.error = statement.exceeded ?? (error.sqlstate == "57014" ? statement.timedOut : nil) ?? error
             queue[queue.startIndex] = .query(statement)
             return
         }
@@ -143,7 +233,8 @@ struct ResponseTracker {
             switch entry {
             case .sync, .query, .refusal: return
             case .execute(var statement):
-                statement.error = groupError!.attributed ? Self.skipped(error) : error
+                let own = statement.exceeded ?? (error.sqlstate == "57014" ? statement.timedOut : nil) ?? error
+                statement.error = groupError!.attributed ? Self.skipped(error) : own
                 groupError!.attributed = true
                 effects.append(.finished(statement))
             default: break
