@@ -257,3 +257,32 @@ def test_statement_timeout_cancels_with_57014(start_gateway, mint, app):
         assert conn.execute("SELECT 2").fetchone() == (2,)
     recorded = statements_of(gw, app)
     assert recorded[0]["error"]["sqlstate"] == "57014"
+
+
+def test_sql_prepare_execute_is_decided_as_what_was_prepared(start_gateway, mint, direct, app):
+    policy = {"policy": {"rules": [
+        STRICT["policy"]["rules"][0],
+        {"name": "agents-prepare", "match": {"groups": ["agents"], "kinds": ["prepare", "deallocate"]}, "action": "allow"},
+        *STRICT["policy"]["rules"][1:],
+    ]}}
+    gw = start_gateway(policy)
+    marker = f"policy-prepare-{app}"
+    with psycopg.connect(gw.dsn(mint(), app=app), autocommit=True) as conn:
+        conn.execute("PREPARE one_customer AS SELECT id FROM customers WHERE id = $1")
+        assert conn.execute("EXECUTE one_customer(7)").fetchone() == (7,)
+        conn.execute("PREPARE log_it AS INSERT INTO events_log (source, level, message) VALUES ('e2e', 'info', $1)")
+        conn.execute(f"EXECUTE log_it('{marker}')")          # an insert into events_log: allowed
+        conn.execute("PREPARE wipe AS DELETE FROM orders WHERE id = $1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as review:
+            conn.execute("EXECUTE wipe(1)")                   # a delete: review
+        assert "writes need an approval" in str(review.value)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("EXECUTE never_prepared(1)")         # unknown: opaque, denied
+        conn.execute("DEALLOCATE one_customer")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("EXECUTE one_customer(7)")           # forgotten after DEALLOCATE
+    assert count_log(direct, marker) == 1
+    rules = [(s["text"], s["rule"]) for s in statements_of(gw, app)]
+    assert ("EXECUTE one_customer(7)", "agents-read") in rules
+    assert ("EXECUTE wipe(1)", "agents-write") in rules
+    assert rules[-1] == ("EXECUTE one_customer(7)", "deny-flagged")

@@ -16,6 +16,8 @@ struct CachedStatement: Sendable {
     var readOnly: Bool
     var normalized: String
     var fingerprint: String
+    var preparedName: String?
+    var preparedKind: String?
 
     init(_ facts: StatementFacts, normalized: String, fingerprint: String) {
         kind = facts.kind
@@ -24,6 +26,8 @@ struct CachedStatement: Sendable {
         functions = facts.functions
         flags = facts.flags
         readOnly = facts.readOnly
+        preparedName = facts.preparedName
+        preparedKind = facts.preparedKind
         self.normalized = normalized
         self.fingerprint = fingerprint
     }
@@ -31,7 +35,8 @@ struct CachedStatement: Sendable {
     func info(text: String) -> StatementInfo {
         StatementInfo(
             kind: kind, tablesRead: tablesRead, tablesWritten: tablesWritten, functions: functions, flags: flags,
-            readOnly: readOnly, text: text, normalized: normalized, fingerprint: fingerprint
+            readOnly: readOnly, text: text, normalized: normalized, fingerprint: fingerprint, preparedName: preparedName,
+            preparedKind: preparedKind
         )
     }
 }

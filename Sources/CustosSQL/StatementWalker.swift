@@ -12,6 +12,9 @@ struct StatementFacts: Equatable {
     /// False when a decision looked at a literal's value (`set_config('role', …)`), so the result
     /// must not be cached under the normalized text, where that literal is a placeholder.
     var literalIndependent = true
+    /// PREPARE / EXECUTE / DEALLOCATE: the prepared statement's name; PREPARE: its kind.
+    var preparedName: String?
+    var preparedKind: String?
 }
 
 /// Walks one statement's parse tree (a ``JSONTape`` of libpg_query's output) and collects tables,
@@ -73,6 +76,12 @@ final class StatementWalker {
         if Classification.kinds[type] == nil { facts.flags.insert(.opaque) }
         facts.readOnly = walker.readsOnly(type, fields, depth: 0) && facts.tablesWritten.isEmpty && facts.flags.isEmpty
         facts.literalIndependent = walker.literalIndependent
+        if ["PrepareStmt", "ExecuteStmt", "DeallocateStmt"].contains(type) {
+            facts.preparedName = tape.string(fields, "name")
+        }
+        if type == "PrepareStmt", let query = tape.member(fields, "query"), let (inner, innerFields) = tape.wrappedNode(query) {
+            facts.preparedKind = walker.kind(inner, innerFields)
+        }
         return facts
     }
 

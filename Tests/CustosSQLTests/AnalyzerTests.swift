@@ -173,3 +173,19 @@ struct PostgresAnalyzerTests {
         #expect(mismatches == 0)
     }
 }
+
+@Suite("Prepared statement names")
+struct PreparedNameTests {
+    @Test("PREPARE, EXECUTE and DEALLOCATE carry the name; PREPARE the prepared kind")
+    func names() {
+        let analyzer = PostgresAnalyzer()
+        let prepare = analyzer.analyze("PREPARE wipe(int) AS DELETE FROM orders WHERE id = $1")[0]
+        #expect(prepare.kind == "prepare" && prepare.preparedName == "wipe" && prepare.preparedKind == "delete")
+        #expect(prepare.tablesWritten == ["orders"])
+        let execute = analyzer.analyze("EXECUTE wipe(3)")[0]
+        #expect(execute.kind == "execute" && execute.preparedName == "wipe" && execute.flags.contains(.opaque))
+        #expect(analyzer.analyze("DEALLOCATE wipe")[0].preparedName == "wipe")
+        #expect(analyzer.analyze("DEALLOCATE ALL")[0].preparedName == nil)
+        #expect(analyzer.analyze("SELECT 1")[0].preparedName == nil)
+    }
+}

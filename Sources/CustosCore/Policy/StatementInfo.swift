@@ -37,11 +37,18 @@ public struct StatementInfo: Sendable, Equatable, Hashable {
     public var normalized: String
     /// libpg_query's fingerprint (hex), equal for statements that differ only in literals.
     public var fingerprint: String
+    /// For SQL-level `PREPARE`, `EXECUTE` and `DEALLOCATE`: the prepared statement's name (nil for
+    /// `DEALLOCATE ALL`), so a session can tell what an `EXECUTE` runs.
+    public var preparedName: String?
+    /// For `PREPARE`: the kind of the statement it prepares.
+    public var preparedKind: String?
 
     public init(
         kind: String, tablesRead: [String] = [], tablesWritten: [String] = [], functions: [String] = [], flags: Set<Flag> = [],
-        readOnly: Bool, text: String, normalized: String = "", fingerprint: String = ""
+        readOnly: Bool, text: String, normalized: String = "", fingerprint: String = "", preparedName: String? = nil, preparedKind: String? = nil
     ) {
+        self.preparedName = preparedName
+        self.preparedKind = preparedKind
         self.kind = kind
         self.tablesRead = tablesRead
         self.tablesWritten = tablesWritten

@@ -74,11 +74,11 @@ extension ClientSession: BackendDelegate {
         }
         switch message {
         case .query(let text):
-            let action = Action(channel: .simple, text: text, statements: gateway.gate.analyze(text))
+            let action = Action(channel: .simple, text: text, statements: resolvePrepared(gateway.gate.analyze(text)))
             submit(frame, action: action, expectation: { .query($0) })
         case .parse(let parse):
             // Analysed once here; every Execute of it reuses the analysis.
-            preparedStatements[parse.statement] = Prepared(text: parse.query, statements: gateway.gate.analyze(parse.query))
+            preparedStatements[parse.statement] = Prepared(text: parse.query, statements: resolvePrepared(gateway.gate.analyze(parse.query)))
             forward(frame, expecting: .parse)
         case .bind(let bind):
             let prepared = preparedStatements[bind.statement] ?? Prepared.unknown(bind.statement)
@@ -148,6 +148,7 @@ extension ClientSession: BackendDelegate {
             }
             return refuseStatement(error, simple: simple)
         }
+        trackPrepared(action.statements)
         let statement = ResponseTracker.Statement(
             number: statementCount, startedAt: 0, rowLimit: decision.limits.maxRows, timeout: decision.limits.statementTimeout)
         switch gateway.settings.recordingMode {
@@ -218,6 +219,35 @@ extension ClientSession: BackendDelegate {
                 if tracker.transactionStatus != .idle { abortedBlock = true }
                 send(.errorResponse(error), flush: false)
                 if let ready { send(.readyForQuery(abortedBlock ? .failed : ready), flush: false) }
+            }
+        }
+    }
+
+    /// An SQL-level `EXECUTE name` is what `PREPARE name AS …` prepared in this session: decide it
+    /// as that statement. An unknown name stays opaque.
+    func resolvePrepared(_ statements: [StatementInfo]) -> [StatementInfo] {
+        statements.map { statement in
+            guard statement.kind == "execute", let name = statement.preparedName, let prepared = sqlPrepared[name] else { return statement }
+            var resolved = prepared
+            resolved.kind = prepared.preparedKind ?? "execute"
+            resolved.text = statement.text
+            resolved.normalized = statement.normalized
+            resolved.fingerprint = statement.fingerprint
+            resolved.preparedName = name
+            resolved.preparedKind = nil
+            return resolved
+        }
+    }
+
+    /// Remembers what an allowed `PREPARE` prepares (and forgets on `DEALLOCATE` / `DISCARD`).
+    func trackPrepared(_ statements: [StatementInfo]) {
+        for statement in statements {
+            switch statement.kind {
+            case "prepare": if let name = statement.preparedName { sqlPrepared[name] = statement }
+            case "deallocate":
+                if let name = statement.preparedName { sqlPrepared[name] = nil } else { sqlPrepared.removeAll() }
+            case "discard": sqlPrepared.removeAll()
+            default: break
             }
         }
     }

@@ -49,6 +49,8 @@ final class ClientSession: ChannelInboundHandler {
     var statementCount = 0
     var preparedStatements: [String: Prepared] = [:]
     var portals: [String: Action] = [:]
+    /// Statements prepared with SQL `PREPARE`, by name, as analysed.
+    var sqlPrepared: [String: StatementInfo] = [:]
     /// The client's transaction block failed at the gateway (a refused statement) while the
     /// backend's did not; the session answers as PostgreSQL does in a failed transaction.
     var abortedBlock = false
