@@ -13,7 +13,7 @@ STRICT = {"policy": {"rules": [
     {"name": "deny-flagged", "match": {"flags": ["destructive", "privileged", "opaque", "unparseable"]},
      "action": "deny", "message": "destructive, privileged and opaque SQL is not allowed through Custos"},
     {"name": "agents-read", "match": {"groups": ["agents"], "read_only": True}, "action": "allow"},
-    {"name": "agents-tx", "match": {"groups": ["agents"], "kinds": ["begin", "commit", "rollback", "savepoint", "rollback_to", "release", "set", "show"]},
+    {"name": "agents-tx", "match": {"groups": ["agents"], "kinds": ["begin", "commit", "rollback", "savepoint", "rollback_to", "release", "set", "show", "deallocate", "discard"]},
      "action": "allow"},
     {"name": "agents-log", "match": {"groups": ["agents"], "kinds": ["insert"], "tables": ["events_log"]}, "action": "allow"},
     {"name": "agents-write", "match": {"groups": ["agents"], "kinds": ["insert", "update", "delete", "merge"]},
@@ -75,15 +75,16 @@ def test_denial_inside_a_transaction_fails_the_block_until_rollback(strict, mint
     assert count_log(direct, marker) == 0
 
 
-def test_commit_of_a_failed_block_rolls_back(strict, mint, direct, app):
-    marker = f"policy-commit-{app}"
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_commit_of_a_failed_block_rolls_back(strict, mint, direct, app, prepare):
+    marker = f"policy-commit-{prepare}-{app}"
     conn = psycopg.connect(strict.dsn(mint(), app=app))
     try:
         conn.execute("INSERT INTO events_log (source, level, message) VALUES ('e2e', 'info', %s)", (marker,))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("TRUNCATE events_log")
         cur = conn.cursor()
-        cur.execute("COMMIT", prepare=False)
+        cur.execute("COMMIT", prepare=prepare)   # extended: Parse/Bind/Execute/Sync, sent on as a simple ROLLBACK
         assert cur.statusmessage == "ROLLBACK"
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -286,3 +287,4 @@ def test_sql_prepare_execute_is_decided_as_what_was_prepared(start_gateway, mint
     assert ("EXECUTE one_customer(7)", "agents-read") in rules
     assert ("EXECUTE wipe(1)", "agents-write") in rules
     assert rules[-1] == ("EXECUTE one_customer(7)", "deny-flagged")
+

@@ -149,3 +149,23 @@ extension ResponseTrackerTests {
         #expect(third.error?.sqlstate == "08P01")
     }
 }
+
+extension ResponseTrackerTests {
+    @Test("a COMMIT sent as ROLLBACK answers the Execute with the backend's tag and swallows the extra ReadyForQuery")
+    func rollbackForCommit() {
+        var tracker = ResponseTracker()
+        var effects: [ResponseTracker.Effect] = []
+        tracker.expect(.parse, effects: &effects)
+        tracker.expect(.bind, effects: &effects)
+        tracker.expect(.rollbackForCommit(Statement(number: 9, startedAt: 1)), effects: &effects)
+        tracker.expect(.sync, effects: &effects)
+        effects = Self.feed(&tracker, [.parseComplete, .bindComplete, .commandComplete(tag: "ROLLBACK")])
+        #expect(effects == [.finished(Statement(number: 9, startedAt: 1, commandTag: "ROLLBACK"))])
+        let extra = Self.frame(.readyForQuery(.idle))
+        #expect(tracker.check(extra.type, frame: extra).disposition == .drop)
+        let own = Self.frame(.readyForQuery(.idle))
+        #expect(tracker.check(own.type, frame: own).disposition == .forward)
+        effects = Self.feed(&tracker, [.readyForQuery(.idle)])
+        #expect(tracker.isIdle)
+    }
+}

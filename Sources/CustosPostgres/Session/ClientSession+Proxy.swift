@@ -119,6 +119,7 @@ extension ClientSession: BackendDelegate {
             return forward(frame, expecting: .query(nil))  // empty query (blanks, comments): nothing runs
         }
         var frame = frame
+        var expectation = expectation
         held = HeldStatement(stage: .awaitingDecision, frame: frame)
         var decision: Decision
         if abortedBlock {
@@ -128,10 +129,11 @@ extension ClientSession: BackendDelegate {
             if decision.verdict == .allow, action.statements.first?.kind == "rollback_to" {
                 abortClearsAtReady = true
             }
-            if decision.verdict == .allow, simple, action.statements.first?.kind == "commit" {
+            if decision.verdict == .allow, action.statements.first?.kind == "commit" {
                 var body = ByteBuffer()
                 body.writeCString("ROLLBACK")
-                frame = PostgresFrame(type: frame.type, body: body)
+                frame = PostgresFrame(type: UInt8(ascii: "Q"), body: body)
+                if !simple { expectation = { .rollbackForCommit($0!) } }
             }
         } else {
             decision = gateway.gate.decide(action, by: identity, on: target.connection)
@@ -367,10 +369,7 @@ extension ClientSession: BackendDelegate {
     /// (which becomes ROLLBACK, as PostgreSQL reports it) may pass.
     static func inAbortedBlock(_ action: Action) -> Decision {
         let kinds = action.statements.map(\.kind)
-        let ending = kinds.count == 1 && ["rollback", "rollback_to", "commit"].contains(kinds[0])
-        // An extended-protocol COMMIT was already parsed as COMMIT by the backend; it cannot be
-        // rewritten, so it is refused like any other statement in the failed block.
-        if ending, !(kinds[0] == "commit" && action.channel == .extended) {
+        if kinds.count == 1, ["rollback", "rollback_to", "commit"].contains(kinds[0]) {
             return Decision(verdict: .allow, rule: "transaction.aborted", policy: nil)
         }
         return Decision(

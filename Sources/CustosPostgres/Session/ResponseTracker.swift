@@ -37,6 +37,11 @@ struct ResponseTracker {
         case execute(Statement)
         case query(Statement?)
         case functionCall
+        /// An extended-protocol COMMIT in a transaction failed at the gateway, sent to the backend
+        /// as a simple `ROLLBACK`: its CommandComplete answers the client's Execute, and the
+        /// ReadyForQuery the simple query adds is swallowed (the client's Sync brings its own).
+        case rollbackForCommit(Statement)
+        case swallowReady
         /// A reply the gateway makes itself, emitted when it reaches the head of the line.
         case refusal(ErrorFields, readyForQuery: Bool)
     }
@@ -64,6 +69,7 @@ struct ResponseTracker {
             switch entry {
             case .execute(let statement): statement
             case .query(let statement?): statement
+            case .rollbackForCommit(let statement): statement
             default: nil
             }
         }
@@ -80,6 +86,10 @@ struct ResponseTracker {
     /// silent cut); a cancellation caused by a statement timeout is reported as such (57014).
     /// `cancel` is true the first time the backend should be told to stop.
     mutating func check(_ type: UInt8, frame: PostgresFrame) -> (disposition: Disposition, cancel: Bool) {
+        if type == UInt8(ascii: "Z"), queue.first == .swallowReady {
+            queue.removeFirst()
+            return (.drop, false)
+        }
         guard var statement = headStatement else { return (.forward, false) }
         switch type {
         case UInt8(ascii: "D"):
@@ -164,6 +174,10 @@ struct ResponseTracker {
                 type == UInt8(ascii: "C") ? ((try? BackendMessage.decode(frame)).flatMap { if case .commandComplete(let t) = $0 { t } else { nil } })
                 : type == UInt8(ascii: "s") ? "PORTAL SUSPENDED" : nil
             switch queue.first {
+            case .rollbackForCommit(var statement):
+                statement.commandTag = tag
+                queue[queue.startIndex] = .swallowReady
+                effects.append(.finished(statement))
             case .execute(var statement):
                 statement.commandTag = tag
                 if let exceeded = statement.exceeded {
