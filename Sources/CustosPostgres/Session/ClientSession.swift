@@ -219,7 +219,7 @@ final class ClientSession: ChannelInboundHandler {
         self.target = target
         let decision = gateway.gate.authorize(identity, on: target.connection)
         guard decision.verdict == .allow else {
-            return refuse(sqlstate: "28000", message: decision.message ?? "not allowed")
+            return refuse(sqlstate: decision.sqlstate, message: decision.message ?? "not allowed")
         }
         phase = .connectingBackend
         relay.delegate = self
@@ -382,11 +382,7 @@ final class ClientSession: ChannelInboundHandler {
             return terminate(sqlstate: sqlstate, message: message, outcome: "error", reason: message)
         }
         logger.info("connection refused", metadata: ["sqlstate": "\(sqlstate)", "reason": "\(message)"])
-        if !closeRecorded {
-            closeRecorded = true
-            let draft = events.refused(client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate, reason: message)
-            gateway.recorder.appendLater(draft)
-        }
+        recordRefusal(sqlstate: sqlstate, reason: message)
         sendFatal(sqlstate: sqlstate, message: message)
         phase = .closed
         closeChannels()
@@ -417,13 +413,18 @@ final class ClientSession: ChannelInboundHandler {
                 recordResult(parked, error: ErrorFields(severity: "ERROR", sqlstate: sqlstate ?? "08006", message: "session ended before the statement was forwarded"))
             }
             gateway.recorder.appendLater(events.close(outcome: outcome, reason: reason, sqlstate: sqlstate, statements: statementCount))
-        } else if !opened, !closeRecorded {
-            closeRecorded = true
-            let draft = events.refused(
-                client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate ?? "08006", reason: reason ?? outcome)
-            gateway.recorder.appendLater(draft)
+        } else if !opened {
+            recordRefusal(sqlstate: sqlstate ?? "08006", reason: reason ?? outcome)
         }
         closeChannels()
+    }
+
+    /// Records a connection attempt that never became a session, once.
+    private func recordRefusal(sqlstate: String, reason: String) {
+        guard !closeRecorded else { return }
+        closeRecorded = true
+        gateway.recorder.appendLater(
+            events.refused(client: client, identity: identity, connection: target?.connection.name, sqlstate: sqlstate, reason: reason))
     }
 
     private func sendFatal(sqlstate: String, message: String) {
