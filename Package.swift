@@ -65,6 +65,7 @@ let package = Package(
             name: "CustosServer",
             dependencies: [
                 "CustosCore", "CustosPostgres", "CustosStore", "CustosSQL",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -41,6 +41,22 @@ public struct PostgresAnalyzer: StatementAnalyzer {
         return infos
     }
 
+    /// The literals and `$n` parameters of `sql` compared with or assigned to a column, and its
+    /// passwords, in text order without duplicates. Ranges are UTF-8 byte offsets into `sql` (all
+    /// statements of a multi-statement string), quotes, `E`/`U&`/`B`/`X` prefixes, a folded minus
+    /// sign and `'a'`-newline-`'b'` continuations included. Not cached. [] when the text does not
+    /// parse, holds a NUL byte or is too large for any parser stack (as ``analyze(_:)``, big
+    /// statements are parsed on a large-stack thread).
+    public func literalUses(_ sql: String) -> [LiteralUse] {
+        ParserStack.run(sql) { LiteralUseFinder.uses(in: sql) } ?? []
+    }
+
+    /// What a single `COPY` statement copies and how; nil for anything else (another statement,
+    /// several statements, text that does not parse or holds a NUL byte).
+    public func copyInfo(_ sql: String) -> CopyInfo? {
+        ParserStack.run(sql) { CopyAnalysis.info(sql) } ?? nil
+    }
+
     /// The analysis of text the parser rejects: fail closed.
     static func unparseable(_ sql: String) -> StatementInfo {
         StatementInfo(kind: "unknown", flags: [.unparseable], readOnly: false, text: sql)

@@ -65,6 +65,12 @@ public final class Gateway: Service {
         } catch {
             throw ConfigError(key: "recording.store", problem: "cannot open the store: \(error)")
         }
+        let digest = try KeyFile.load(path: config.keys.digestFile, key: "keys.digest_file")
+        let masking = try KeyFile.load(path: config.keys.maskingFile, key: "keys.masking_file")
+        for (created, path, use) in [(digest.created, config.keys.digestFile, "result digests"), (masking.created, config.keys.maskingFile, "masking hashes")]
+        where created {
+            logger.warning("created a new key", metadata: ["path": "\(path)", "use": "\(use)"])
+        }
         let verifier = TokenVerifier(
             issuers: config.identity.issuers, source: HTTPJWKSSource(client: .shared), skew: config.identity.clockSkew,
             refetchInterval: config.identity.jwksRefreshMinInterval)
@@ -72,7 +78,7 @@ public final class Gateway: Service {
             host: config.listen.host, port: config.listen.port, tls: listenerTLS, allowCleartextOnLoopback: config.listen.allowCleartextOnLoopback,
             maxMessageSize: config.listen.maxMessageSize, startupTimeout: .milliseconds(Int64(config.listen.startupTimeout * 1000)),
             endSessionOnExpiry: config.identity.endSessionOnExpiry, clockSkew: .milliseconds(Int64(config.identity.clockSkew * 1000)),
-            recordingMode: config.recording.mode)
+            recordingMode: config.recording.mode, digestKey: digest.key, maskingKey: masking.key, sampleRows: config.recording.sampleRows)
         self.gate = Gate(policy: config.policy ?? .denyAll, analyzer: PostgresAnalyzer())
         self.postgres = PostgresGateway(settings: settings, targets: targets, gate: gate, verifier: verifier, recorder: writer, logger: logger)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)

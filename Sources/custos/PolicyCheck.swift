@@ -17,8 +17,24 @@ struct PolicyCommand: AsyncParsableCommand {
         @Option(help: "The identity's email.") var email: String?
         @Option(help: "Comma-separated groups.") var groups: String = ""
         @Option(help: "Connection name.") var connection: String
-        @Option(help: "The SQL text (several statements allowed).") var sql: String
+        @Option(help: "The SQL text (several statements allowed).") var sql: String?
+        @Option(help: "Comma-separated result columns (table.column or schema.table.column): report their masking.") var columns: String?
         @Flag(help: "Print a JSON object.") var json = false
+
+        func validate() throws {
+            if sql == nil && columns == nil { throw ValidationError("give --sql, --columns or both") }
+        }
+
+        /// What each named column gets for this identity: a strategy, `detect` (no rule names it;
+        /// content detectors look at its values) or `none`.
+        static func masking(_ list: String, profile: MaskingProfile) throws -> [(String, String)] {
+            try list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.map { name in
+                let parts = name.lowercased().split(separator: ".").map(String.init)
+                guard parts.count == 2 || parts.count == 3 else { throw fail("--columns: \"\(name)\" is not table.column or schema.table.column", code: 2) }
+                let strategy = profile.strategy(schema: parts.count == 3 ? parts[0] : nil, table: parts[parts.count - 2], column: parts[parts.count - 1])
+                return (name, strategy?.rawValue ?? (profile.detectors.isEmpty ? "none" : "detect"))
+            }
+        }
 
         func run() throws {
             let config: CustosConfig
@@ -37,11 +53,13 @@ struct PolicyCommand: AsyncParsableCommand {
             let gate = Gate(policy: policy, analyzer: PostgresAnalyzer())
             let connectionTarget = ConnectionTarget(name: target.name, kind: "postgres", allowGroups: target.allowGroups, sandbox: target.sandbox)
             let access = gate.authorize(identity, on: connectionTarget)
-            let statements = gate.analyze(sql)
+            let statements = sql.map(gate.analyze) ?? []
             let evaluation = policy.evaluate(statements, identity: identity, connection: target.name)
-            let decision = access.verdict == .allow ? evaluation.decision : access
+            let decision = access.verdict == .allow && sql != nil ? evaluation.decision : access
+            let profile = gate.masking(for: identity, on: connectionTarget)
+            let masking = try columns.map { try Self.masking($0, profile: profile) }
             if json {
-                let object: [String: Any] = [
+                var object: [String: Any] = [
                     "decision": decision.verdict.rawValue, "rule": decision.rule ?? "default", "message": decision.message ?? NSNull(),
                     "policy": policy.version,
                     "statements": evaluation.parts.map { part -> [String: Any] in
@@ -53,7 +71,20 @@ struct PolicyCommand: AsyncParsableCommand {
                         ]
                     },
                 ]
+                if let masking {
+                    object["masking"] = Dictionary(masking, uniquingKeysWith: { $1 })
+                    object["masking_rule"] = profile.rule ?? NSNull()
+                }
                 return try printJSON(object)
+            }
+            if let masking {
+                print("masking by \(profile.rule.map { "rule \($0)" } ?? "no rule (nothing is masked)")")
+                for (column, strategy) in masking { print("  \(column): \(strategy)") }
+                if !profile.detectors.isEmpty {
+                    print("  detectors: \(profile.detectors.map { "\($0.key.rawValue) \($0.value.rawValue)" }.sorted().joined(separator: ", "))")
+                }
+                guard sql != nil else { return }
+                print("")
             }
             print("\(decision.verdict.rawValue.uppercased()) by rule \(decision.rule ?? "default")\(decision.message.map { ": \($0)" } ?? "")")
             print("policy \(policy.version)")

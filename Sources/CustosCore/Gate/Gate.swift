@@ -81,6 +81,12 @@ public protocol GateProtocol: Sendable {
     /// What happens to this action? A `review` verdict is where approvals park the action in the
     /// session's "awaiting decision" stage.
     func decide(_ action: Action, by identity: Identity, on connection: ConnectionTarget) -> Decision
+    /// What this identity gets masked on this connection, under the policy in force.
+    func masking(for identity: Identity, on connection: ConnectionTarget) -> MaskingProfile
+    /// The analyzer's literal uses of `sql` (see ``StatementAnalyzer/literalUses(_:)``).
+    func literalUses(_ sql: String) -> [LiteralUse]
+    /// The analyzer's COPY description of `sql`.
+    func copyInfo(_ sql: String) -> CopyInfo?
 }
 
 /// The Gate: connection access by group, then the statement policy (docs/policy.md), with the
@@ -117,6 +123,18 @@ public final class Gate: GateProtocol {
 
     public func analyze(_ text: String) -> [StatementInfo] {
         analyzer.analyze(text)
+    }
+
+    public func masking(for identity: Identity, on connection: ConnectionTarget) -> MaskingProfile {
+        policy.masking.profile(for: identity, connection: connection.name)
+    }
+
+    public func literalUses(_ sql: String) -> [LiteralUse] {
+        analyzer.literalUses(sql)
+    }
+
+    public func copyInfo(_ sql: String) -> CopyInfo? {
+        analyzer.copyInfo(sql)
     }
 
     public func decide(_ action: Action, by identity: Identity, on connection: ConnectionTarget) -> Decision {

@@ -7,13 +7,20 @@ public struct Policy: Sendable, Equatable {
     public var rules: [PolicyRule]
     /// The message a client sees when no rule matched.
     public var defaultMessage: String
+    /// What each identity gets masked in results and records (docs/masking.md).
+    public var masking: MaskingPolicy
     /// SHA-256 (hex) of the policy's canonical form: recorded with every decision.
     public let version: String
 
-    public init(rules: [PolicyRule], defaultMessage: String = "denied by policy: no rule allows this statement") {
+    public init(rules: [PolicyRule], defaultMessage: String = "denied by policy: no rule allows this statement", masking: MaskingPolicy = MaskingPolicy()) {
         self.rules = rules
         self.defaultMessage = defaultMessage
-        let canonical: CanonicalJSON = ["default_message": .string(defaultMessage), "rules": .array(rules.map(\.canonical))]
+        self.masking = masking
+        var canonical: CanonicalJSON = ["default_message": .string(defaultMessage), "rules": .array(rules.map(\.canonical))]
+        // A policy without masking keeps the version it had before masking existed.
+        if !masking.rules.isEmpty {
+            canonical = ["default_message": .string(defaultMessage), "rules": .array(rules.map(\.canonical)), "masking": masking.canonical]
+        }
         self.version = EventChain.sha256Hex(canonical.bytes)
     }
 

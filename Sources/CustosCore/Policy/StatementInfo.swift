@@ -67,4 +67,15 @@ public protocol StatementAnalyzer: Sendable {
     /// The statements in `sql` (one per part of a multi-statement string; one `unparseable`
     /// statement when the parser rejects the text).
     func analyze(_ sql: String) -> [StatementInfo]
+    /// The literals and `$n` parameters of `sql` that are compared with or assigned to a column,
+    /// and its passwords. Parses afresh (never cached: positions differ between texts), so callers
+    /// ask only for statements that touch a masked column or set a password.
+    func literalUses(_ sql: String) -> [LiteralUse]
+    /// For a `COPY` statement: what it copies and in which format; nil for anything else.
+    func copyInfo(_ sql: String) -> CopyInfo?
+}
+
+extension StatementAnalyzer {
+    public func literalUses(_ sql: String) -> [LiteralUse] { [] }
+    public func copyInfo(_ sql: String) -> CopyInfo? { nil }
 }

@@ -57,16 +57,46 @@ public struct SessionEvents: Sendable {
         return EventDraft(kind: .sessionRefused, sessionID: sessionID, at: at, payload: payload, index: .open(summary))
     }
 
-    /// A statement about to be forwarded (write-ahead: committed before it runs).
-    public func statement(number: Int, action: Action, decision: Decision, at: Date = Date()) -> EventDraft {
+    /// A statement's text and parameters as recorded: masked where they touch masked data.
+    public struct RecordedStatement: Sendable, Equatable {
+        public var text: String
+        public var parameters: [String?]
+        /// True when a literal or parameter was masked: the statement cannot be replayed exactly.
+        public var masked: Bool
+
+        public init(text: String, parameters: [String?], masked: Bool) {
+            self.text = text
+            self.parameters = parameters
+            self.masked = masked
+        }
+    }
+
+    /// A statement about to be forwarded (write-ahead: committed before it runs). `recorded` is
+    /// its masked form; without it the text and parameters are recorded as sent.
+    public func statement(number: Int, action: Action, decision: Decision, recorded: RecordedStatement? = nil, at: Date = Date()) -> EventDraft {
+        let recorded = recorded ?? RecordedStatement(text: action.text, parameters: action.parameters, masked: false)
         let payload: CanonicalJSON = [
             "statement": .int(Int64(number)),
             "protocol": .string(action.channel.rawValue),
-            "text": .string(action.text),
-            "parameters": .array(action.parameters.map(CanonicalJSON.optional)),
+            "text": .string(recorded.text),
+            "parameters": .array(recorded.parameters.map(CanonicalJSON.optional)),
+            "text_masked": .bool(recorded.masked),
             "decision": Self.decision(decision),
         ]
         return EventDraft(kind: .statement, sessionID: sessionID, at: at, payload: payload)
+    }
+
+    /// A result column as described by the backend.
+    public struct ResultColumn: Sendable, Equatable {
+        public var name: String
+        public var type: Int64
+        public var format: Int64
+
+        public init(name: String, type: Int64, format: Int64) {
+            self.name = name
+            self.type = type
+            self.format = format
+        }
     }
 
     /// How a statement ended.
@@ -76,6 +106,17 @@ public struct SessionEvents: Sendable {
         public var errorCode: String?
         public var errorMessage: String?
         public var durationMicros: Int64
+        public var columns: [ResultColumn] = []
+        /// The first rows, masked as the client received them (binary values as `\x` hex).
+        public var sample: [[String?]] = []
+        /// Keyed digests of the raw rows (docs/evidence.md): ordered and multiset, hex.
+        public var digest: (ordered: String, multiset: String)?
+
+        public static func == (a: Outcome, b: Outcome) -> Bool {
+            a.commandTag == b.commandTag && a.rows == b.rows && a.errorCode == b.errorCode && a.errorMessage == b.errorMessage
+                && a.durationMicros == b.durationMicros && a.columns == b.columns && a.sample == b.sample
+                && a.digest?.ordered == b.digest?.ordered && a.digest?.multiset == b.digest?.multiset
+        }
 
         public init(commandTag: String? = nil, rows: Int? = nil, errorCode: String? = nil, errorMessage: String? = nil, durationMicros: Int64) {
             self.commandTag = commandTag
@@ -92,12 +133,19 @@ public struct SessionEvents: Sendable {
         if let code = outcome.errorCode {
             error = ["sqlstate": .string(code), "message": .optional(outcome.errorMessage)]
         }
+        var digest: CanonicalJSON = .null
+        if let value = outcome.digest {
+            digest = ["ordered": .string(value.ordered), "multiset": .string(value.multiset)]
+        }
         let payload: CanonicalJSON = [
             "statement": .int(Int64(number)),
             "command_tag": .optional(outcome.commandTag),
             "rows": .optional(outcome.rows),
             "duration_us": .int(outcome.durationMicros),
             "error": error,
+            "columns": .array(outcome.columns.map { ["name": .string($0.name), "type": .int($0.type), "format": .int($0.format)] }),
+            "sample": .array(outcome.sample.map { .array($0.map(CanonicalJSON.optional)) }),
+            "digest": digest,
         ]
         return EventDraft(kind: .result, sessionID: sessionID, at: at, payload: payload)
     }

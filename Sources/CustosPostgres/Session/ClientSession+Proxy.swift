@@ -84,14 +84,30 @@ extension ClientSession: BackendDelegate {
             let prepared = preparedStatements[bind.statement] ?? Prepared.unknown(bind.statement)
             let parameters = bind.parameters.enumerated().map { index, value in Self.render(value, format: bind.format(of: index)) }
             portals[bind.portal] = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
+            describedPortals.remove(bind.portal)
             forward(frame, expecting: .bind)
         case .describe(let target):
-            forward(frame, expecting: target.kind == UInt8(ascii: "S") ? .describeStatement : .describePortal)
+            if target.kind == UInt8(ascii: "S") {
+                forward(frame, expecting: .describeStatement)
+            } else {
+                describedPortals.insert(target.name)
+                forward(frame, expecting: .describePortal(target.name))
+            }
         case .execute(let portal, _):
             let action = portals[portal] ?? Prepared.unknown(portal: portal)
-            submit(frame, action: action, expectation: { .execute($0!) })
+            submit(frame, action: action) { statement in
+                var statement = statement!
+                statement.portal = portal
+                return .execute(statement)
+            }
         case .close(let target):
-            if target.kind == UInt8(ascii: "S") { preparedStatements[target.name] = nil } else { portals[target.name] = nil }
+            if target.kind == UInt8(ascii: "S") {
+                preparedStatements[target.name] = nil
+            } else {
+                portals[target.name] = nil
+                portalPlans[target.name] = nil
+                describedPortals.remove(target.name)
+            }
             forward(frame, expecting: .close)
         case .sync:
             forward(frame, expecting: .sync)
@@ -140,7 +156,12 @@ extension ClientSession: BackendDelegate {
         }
         held = nil
         statementCount += 1
-        let draft = events.statement(number: statementCount, action: action, decision: decision)
+        maskingProfile = gateway.gate.masking(for: identity, on: target.connection)
+        let draft = events.statement(number: statementCount, action: action, decision: decision, recorded: recordedForm(of: action))
+        if decision.verdict == .allow, let refusal = planCopies(action) {
+            gateway.recorder.appendLater(draft)
+            return refuseStatement(refusal, simple: simple)
+        }
         guard decision.verdict == .allow else {
             gateway.recorder.appendLater(draft)
             let message = decision.message ?? (decision.verdict == .review ? "statement requires approval" : "statement denied by policy")
@@ -194,13 +215,23 @@ extension ClientSession: BackendDelegate {
         if var expectation {
             switch expectation {
             case .execute(var statement):
+                if let portal = statement.portal, !describedPortals.contains(portal) {
+                    // Masking and digests need the portal's columns: ask for them first.
+                    describedPortals.insert(portal)
+                    var body = ByteBuffer()
+                    body.writeInteger(UInt8(ascii: "P"))
+                    body.writeCString(portal)
+                    forward(PostgresFrame(type: UInt8(ascii: "D"), body: body), expecting: .describeInternal(portal))
+                }
                 statement.startedAt = NIODeadline.now().uptimeNanoseconds
                 expectation = .execute(statement)
                 scheduleTimeout(statement)
+                captures[statement.number] = ResultCapture(key: gateway.settings.digestKey, sampleLimit: gateway.settings.sampleRows)
             case .query(var statement?):
                 statement.startedAt = NIODeadline.now().uptimeNanoseconds
                 expectation = .query(statement)
                 scheduleTimeout(statement)
+                captures[statement.number] = ResultCapture(key: gateway.settings.digestKey, sampleLimit: gateway.settings.sampleRows)
             default: break
             }
             var effects: [ResponseTracker.Effect] = []
@@ -276,9 +307,18 @@ extension ClientSession: BackendDelegate {
 
     func recordResult(_ statement: ResponseTracker.Statement, error: ErrorFields?) {
         let elapsed = (NIODeadline.now().uptimeNanoseconds &- statement.startedAt) / 1000
-        let outcome = SessionEvents.Outcome(
+        var outcome = SessionEvents.Outcome(
             commandTag: statement.commandTag, rows: statement.commandTag.flatMap(Self.rowCount) ?? statement.rows,
             errorCode: error?.sqlstate, errorMessage: error?.message, durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
+        copyInfos[statement.number] = nil
+        if let capture = captures.removeValue(forKey: statement.number) {
+            outcome.columns = capture.columns
+            outcome.sample = capture.sample
+            outcome.digest = (capture.digest.orderedHex, capture.digest.multisetHex)
+        }
+        if let error, let masked = ErrorMasking.mask(error, profile: maskingProfile, masker: gateway.masker) {
+            outcome.errorMessage = masked.message
+        }
         gateway.recorder.appendLater(events.result(number: statement.number, outcome: outcome))
     }
 
@@ -298,11 +338,18 @@ extension ClientSession: BackendDelegate {
 
     func backendFrame(_ frame: PostgresFrame) {
         guard case .proxying = phase else { return backendStartupFrame(frame) }
+        if pausedFrames != nil {
+            pausedFrames!.append(frame)
+            return
+        }
+        guard prepareResult(frame) else { return }
         var frame = frame
         let (disposition, cancel) = tracker.check(frame.type, frame: frame)
         if cancel { cancelBackendQuery() }
         switch disposition {
-        case .forward: break
+        case .forward:
+            if let masked = maskResult(frame) { frame = masked }
+            if isClosed { return }
         case .drop: return
         case .replace(let error):
             // A completed statement reported as failed fails the client's transaction block while
@@ -336,6 +383,7 @@ extension ClientSession: BackendDelegate {
 
     func backendReadComplete() {
         flushClient()
+        if pausedFrames != nil { return }  // reading resumes once the catalog has answered
         if context.channel.isWritable {
             backend?.read()
         } else {

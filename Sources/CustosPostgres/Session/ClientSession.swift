@@ -61,6 +61,28 @@ final class ClientSession: ChannelInboundHandler {
     var queued = CircularBuffer<PostgresFrame>()
     /// After a refused extended-protocol message, client messages are dropped until Sync, as PostgreSQL does.
     var skippingUntilSync = false
+    // Masking and result capture (see ClientSession+Results.swift).
+    /// What this identity gets masked, as of its latest statement (the policy can be reloaded).
+    var maskingProfile = MaskingProfile.none
+    var catalog: Catalog?
+    /// Table OIDs the catalog could not resolve: their columns are redacted, not asked again.
+    var catalogMisses: Set<UInt32> = []
+    /// Row plans by portal, from the (client's or gateway's own) Describe of each portal.
+    var portalPlans: [String: RowPlan] = [:]
+    /// Portals described since their latest Bind; an Execute of any other gets a Describe first.
+    var describedPortals: Set<String> = []
+    /// The plan of the simple-protocol result set arriving now.
+    var queryPlan: RowPlan?
+    var copyPlan: CopyPlan?
+    var readyCopyPlan: CopyPlan?
+    /// `COPY … TO` statements by statement number, in order, for planning their output.
+    var copyInfos: [Int: [CopyInfo]] = [:]
+    var captures: [Int: ResultCapture] = [:]
+    /// Backend frames parked while the catalog answers.
+    var pausedFrames: CircularBuffer<PostgresFrame>?
+    var rowScratch: [UInt8] = []
+    /// Literal uses by statement text, for recording statements that touch masked columns.
+    var literalUseCache: [String: [LiteralUse]] = [:]
     var backendWritable = true
     var clientReadPending = false
     var backendReadPending = false
@@ -217,6 +239,8 @@ final class ClientSession: ChannelInboundHandler {
             return refuse(sqlstate: "3D000", message: "connection \"\(client.database)\" does not exist")
         }
         self.target = target
+        catalog = gateway.catalogs[client.database]
+        maskingProfile = gateway.gate.masking(for: identity, on: target.connection)
         let decision = gateway.gate.authorize(identity, on: target.connection)
         guard decision.verdict == .allow else {
             return refuse(sqlstate: decision.sqlstate, message: decision.message ?? "not allowed")

@@ -1,3 +1,4 @@
+import Crypto
 import CustosCore
 import Logging
 import NIOConcurrencyHelpers
@@ -24,11 +25,21 @@ public final class PostgresGateway: Sendable {
         public var clockSkew: TimeAmount
         /// Record before forwarding, or after.
         public var recordingMode: RecordingMode
+        /// Keys the HMAC digests of raw results.
+        public var digestKey: SymmetricKey
+        /// Keys the `hash` masking strategy.
+        public var maskingKey: SymmetricKey
+        /// Masked rows kept per statement in the record.
+        public var sampleRows: Int
 
         public init(
             host: String, port: Int, tls: NIOSSLContext?, allowCleartextOnLoopback: Bool, maxMessageSize: Int, startupTimeout: TimeAmount,
-            endSessionOnExpiry: Bool, clockSkew: TimeAmount, recordingMode: RecordingMode
+            endSessionOnExpiry: Bool, clockSkew: TimeAmount, recordingMode: RecordingMode, digestKey: SymmetricKey, maskingKey: SymmetricKey,
+            sampleRows: Int = 20
         ) {
+            self.digestKey = digestKey
+            self.maskingKey = maskingKey
+            self.sampleRows = sampleRows
             self.host = host
             self.port = port
             self.tls = tls
@@ -47,6 +58,10 @@ public final class PostgresGateway: Sendable {
     public let verifier: TokenVerifier
     public let recorder: any Recorder
     public let logger: Logger
+    let masker: Masker
+    let recordMasking: RecordMasking
+    /// Column origins per connection target, by name.
+    let catalogs: [String: Catalog]
     let cancelKeys = CancelRegistry()
     let liveSessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<ClientSession>]>([:])
 
@@ -57,6 +72,9 @@ public final class PostgresGateway: Sendable {
         self.verifier = verifier
         self.recorder = recorder
         self.logger = logger
+        self.masker = Masker(hashKey: settings.maskingKey)
+        self.recordMasking = RecordMasking(masker: masker)
+        self.catalogs = targets.mapValues { Catalog(target: $0, logger: logger) }
     }
 }
 

@@ -20,6 +20,8 @@ struct ResponseTracker {
         var exceeded: ErrorFields?
         /// Set when its statement timeout fired: the error its cancellation is reported as.
         var timedOut: ErrorFields?
+        /// For an Execute: the portal it runs (whose description plans the masking of its rows).
+        var portal: String?
     }
 
     /// What the session does with a backend message, given the head statement's limits.
@@ -33,7 +35,11 @@ struct ResponseTracker {
 
     enum Expectation: Equatable {
         case parse, bind, close, sync
-        case describeStatement, describePortal
+        case describeStatement
+        case describePortal(String)
+        /// A Describe the gateway added before an Execute whose portal the client never
+        /// described: its answer plans masking and digests, and is not sent to the client.
+        case describeInternal(String)
         case execute(Statement)
         case query(Statement?)
         case functionCall
@@ -90,6 +96,10 @@ struct ResponseTracker {
             queue.removeFirst()
             return (.drop, false)
         }
+        if type == UInt8(ascii: "T") || type == UInt8(ascii: "n"), case .describeInternal = queue.first {
+            queue.removeFirst()
+            return (.drop, false)
+        }
         guard var statement = headStatement else { return (.forward, false) }
         switch type {
         case UInt8(ascii: "D"):
@@ -131,8 +141,11 @@ struct ResponseTracker {
         return false
     }
 
+    /// The expectation the next backend message answers.
+    var head: Expectation? { queue.first }
+
     /// The statement whose results are arriving now.
-    private var headStatement: Statement? {
+    private(set) var headStatement: Statement? {
         get {
             switch queue.first {
             case .execute(let statement): statement
@@ -168,7 +181,10 @@ struct ResponseTracker {
         case UInt8(ascii: "3"): popIf(.close)
         case UInt8(ascii: "t"): break  // ParameterDescription: a RowDescription or NoData follows
         case UInt8(ascii: "T"), UInt8(ascii: "n"):
-            if queue.first == .describeStatement || queue.first == .describePortal { queue.removeFirst() }
+            switch queue.first {
+            case .describeStatement, .describePortal, .describeInternal: queue.removeFirst()
+            default: break
+            }
         case UInt8(ascii: "C"), UInt8(ascii: "I"), UInt8(ascii: "s"):
             let tag: String? =
                 type == UInt8(ascii: "C") ? ((try? BackendMessage.decode(frame)).flatMap { if case .commandComplete(let t) = $0 { t } else { nil } })

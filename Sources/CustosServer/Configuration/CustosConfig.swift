@@ -50,12 +50,23 @@ public struct CustosConfig: Sendable {
         public var mode: RecordingMode
         public var writerID: String?
         public var queueLimit: Int
+        /// How many (masked) rows of each result a statement's record keeps.
+        public var sampleRows: Int
+    }
+
+    /// Files holding the gateway's secrets: 32 random bytes each, created (mode 0600) on first start.
+    public struct Keys: Sendable {
+        /// Keys the HMAC-SHA256 digests of raw results.
+        public var digestFile: String
+        /// Keys the `hash` masking strategy, so equal values stay joinable.
+        public var maskingFile: String
     }
 
     public var listen: Listen
     public var identity: IdentityConfig
     public var connections: [Connection]
     public var recording: Recording
+    public var keys: Keys
     public var logLevel: String
     /// The statement policy; nil when the file has no `policy` section.
     public var policy: Policy?
@@ -126,8 +137,18 @@ public struct CustosConfig: Sendable {
         let recording = Recording(
             store: resolve(try recordingReader.string("store", default: "custos.sqlite")), mode: mode,
             writerID: try recordingReader.optionalString("writer_id"),
-            queueLimit: try recordingReader.int("queue_limit", default: 100_000, range: 1...10_000_000))
+            queueLimit: try recordingReader.int("queue_limit", default: 100_000, range: 1...10_000_000),
+            sampleRows: try recordingReader.int("sample_rows", default: 20, range: 0...10_000))
         try recordingReader.finish()
+
+        // By default the keys live beside the store.
+        var keysReader = try root.child("keys")
+        let storeFolder = URL(fileURLWithPath: recording.store).deletingLastPathComponent().path
+        let beside = { (name: String) in URL(fileURLWithPath: storeFolder).appendingPathComponent(name).path }
+        let keys = Keys(
+            digestFile: try keysReader.optionalString("digest_file").map(resolve) ?? beside("custos-digest.key"),
+            maskingFile: try keysReader.optionalString("masking_file").map(resolve) ?? beside("custos-masking.key"))
+        try keysReader.finish()
 
         var loggingReader = try root.child("logging")
         let level = try loggingReader.string("level", default: "info")
@@ -138,7 +159,7 @@ public struct CustosConfig: Sendable {
         let policy = try PolicyConfig.parse(root.raw("policy"))
         try root.finish()
         return CustosConfig(
-            listen: listen, identity: identity, connections: connections, recording: recording, logLevel: level, policy: policy,
+            listen: listen, identity: identity, connections: connections, recording: recording, keys: keys, logLevel: level, policy: policy,
             baseDirectory: baseDirectory)
     }
 

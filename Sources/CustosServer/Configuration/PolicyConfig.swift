@@ -19,8 +19,81 @@ enum PolicyConfig {
             }
             rules.append(rule)
         }
+        let masking = try parseMasking(reader.raw("masking"), path: reader.key("masking"))
         try reader.finish()
-        return Policy(rules: rules, defaultMessage: defaultMessage)
+        return Policy(rules: rules, defaultMessage: defaultMessage, masking: masking)
+    }
+
+    /// `policy.masking`: ordered rules; the first matching the identity and connection applies.
+    static func parseMasking(_ value: Any?, path: String) throws(ConfigError) -> MaskingPolicy {
+        guard value != nil, !(value is NSNull) else { return MaskingPolicy() }
+        guard let list = value as? [Any] else { throw ConfigError(key: path, problem: "expected a list of masking rules") }
+        var rules: [MaskingRule] = []
+        var names: Set<String> = []
+        for (index, item) in list.enumerated() {
+            var reader = try ConfigReader(item, path: "\(path)[\(index)]")
+            let name = try reader.string("name")
+            guard names.insert(name).inserted else { throw ConfigError(key: reader.key("name"), problem: "duplicate masking rule name \"\(name)\"") }
+            var match = try reader.child("match")
+            let subjects = try nonEmpty(match.stringList("subjects"), match.key("subjects"))
+            let groups = try nonEmpty(match.stringList("groups"), match.key("groups"))
+            let connections = try nonEmpty(match.stringList("connections"), match.key("connections"))
+            try match.finish()
+            var columns: [String: MaskingStrategy] = [:]
+            for (column, strategy) in try strategies(reader.raw("columns"), path: reader.key("columns")) {
+                let parts = column.split(separator: ".", omittingEmptySubsequences: false)
+                guard parts.count == 2 || parts.count == 3, parts.allSatisfy({ !$0.isEmpty }) else {
+                    throw ConfigError(key: reader.key("columns"), problem: "\"\(column)\" is not table.column or schema.table.column")
+                }
+                columns[column.lowercased()] = strategy
+            }
+            // A map has no order: exact names first, then longer (more specific) patterns.
+            let columnNames = try strategies(reader.raw("column_names"), path: reader.key("column_names"))
+                .map { ColumnNamePattern(pattern: $0.key.lowercased(), strategy: $0.value) }
+                .sorted { a, b in
+                    let (wa, wb) = (a.pattern.contains("*") || a.pattern.contains("?"), b.pattern.contains("*") || b.pattern.contains("?"))
+                    if wa != wb { return !wa }
+                    return a.pattern.count != b.pattern.count ? a.pattern.count > b.pattern.count : a.pattern < b.pattern
+                }
+            var detectors: [Detector: MaskingStrategy] = [:]
+            let detectorValue = reader.raw("detectors")
+            if let names = detectorValue as? [String] {
+                // A list enables detectors with the default strategy, redact.
+                for name in names {
+                    guard let detector = Detector(rawValue: name) else { throw unknownDetector(name, reader.key("detectors")) }
+                    detectors[detector] = .redact
+                }
+            } else {
+                for (name, strategy) in try strategies(detectorValue, path: reader.key("detectors")) {
+                    guard let detector = Detector(rawValue: name) else { throw unknownDetector(name, reader.key("detectors")) }
+                    detectors[detector] = strategy
+                }
+            }
+            try reader.finish()
+            rules.append(
+                MaskingRule(
+                    name: name, subjects: subjects, groups: groups, connections: connections, columns: columns, columnNames: columnNames,
+                    detectors: detectors))
+        }
+        return MaskingPolicy(rules: rules)
+    }
+
+    private static func unknownDetector(_ name: String, _ key: String) -> ConfigError {
+        ConfigError(key: key, problem: "unknown detector \(name) (\(Detector.allCases.map(\.rawValue).joined(separator: ", ")))")
+    }
+
+    /// A map of names to strategies (`email: hash`).
+    private static func strategies(_ value: Any?, path: String) throws(ConfigError) -> [String: MaskingStrategy] {
+        guard value != nil, !(value is NSNull) else { return [:] }
+        guard let map = value as? [String: Any] else { throw ConfigError(key: path, problem: "expected a map of names to strategies") }
+        var result: [String: MaskingStrategy] = [:]
+        for (name, raw) in map {
+            guard let text = raw as? String, let strategy = MaskingStrategy(rawValue: text) else {
+                throw ConfigError(key: "\(path).\(name)", problem: "expected a strategy: redact, partial, hash or null")
+            }
+            result[name] = strategy
+        }
+        return result
     }
 
     private static func parseRule(_ value: Any?, path: String) throws(ConfigError) -> PolicyRule {

@@ -1,0 +1,102 @@
+import Crypto
+
+/// Keyed digests of a raw result, as the backend sent it (docs/evidence.md, "Result digests"):
+/// proof of what was returned that holds no data. `ordered` covers the rows in the order they came;
+/// `multiset` is the sum of per-row digests, so a result returned in another order digests the same.
+///
+/// Each row is given in its canonical encoding: the column count (uint16), then per column its
+/// format code (int16), length (int32, -1 for NULL) and bytes, all big-endian.
+public struct ResultDigest: Sendable {
+    /// HMAC-SHA256 with the key's pads hashed once, so that a row costs two hash finalizations.
+    struct Keyed: Sendable {
+        private var inner = SHA256()
+        private var outer = SHA256()
+
+        init(key: SymmetricKey) {
+            var block = [UInt8](repeating: 0, count: 64)
+            key.withUnsafeBytes { bytes in
+                if bytes.count > 64 {
+                    for (index, byte) in SHA256.hash(data: bytes).enumerated() { block[index] = byte }
+                } else {
+                    for (index, byte) in bytes.enumerated() { block[index] = byte }
+                }
+            }
+            inner.update(data: block.map { $0 ^ 0x36 })
+            outer.update(data: block.map { $0 ^ 0x5c })
+        }
+
+        /// A running HMAC: update the returned hasher, then finish it with ``finish(_:)``.
+        var start: SHA256 { inner }
+
+        func finish(_ running: SHA256) -> SHA256.Digest {
+            var outer = self.outer
+            running.finalize().withUnsafeBytes { outer.update(bufferPointer: $0) }
+            return outer.finalize()
+        }
+    }
+
+    static let orderedLabel = Array("custos.result.ordered.v1\n".utf8)
+    static let rowLabel = Array("custos.result.row.v1\n".utf8)
+
+    private let keyed: Keyed
+    private var ordered: SHA256
+    private var rowStart: SHA256
+    /// The multiset sum, as four 64-bit limbs, most significant first.
+    private var sum: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    /// Rows digested so far.
+    public private(set) var rows = 0
+
+    public init(key: SymmetricKey) {
+        keyed = Keyed(key: key)
+        ordered = keyed.start
+        ordered.update(data: Self.orderedLabel)
+        rowStart = keyed.start
+        rowStart.update(data: Self.rowLabel)
+    }
+
+    /// Adds one row in its canonical encoding.
+    public mutating func add(row: UnsafeRawBufferPointer) {
+        rows += 1
+        ordered.update(bufferPointer: row)
+        var hasher = rowStart
+        hasher.update(bufferPointer: row)
+        let digest = keyed.finish(hasher)
+        digest.withUnsafeBytes { bytes in
+            func limb(_ offset: Int) -> UInt64 {
+                var value: UInt64 = 0
+                for index in offset..<offset + 8 { value = value << 8 | UInt64(bytes[index]) }
+                return value
+            }
+            // 256-bit addition modulo 2^256, least significant limb first.
+            var carry: UInt64 = 0
+            func add(_ a: UInt64, _ b: UInt64) -> UInt64 {
+                let (partial, overflow1) = a.addingReportingOverflow(b)
+                let (total, overflow2) = partial.addingReportingOverflow(carry)
+                carry = (overflow1 ? 1 : 0) + (overflow2 ? 1 : 0)
+                return total
+            }
+            sum.3 = add(sum.3, limb(24))
+            sum.2 = add(sum.2, limb(16))
+            sum.1 = add(sum.1, limb(8))
+            sum.0 = add(sum.0, limb(0))
+        }
+    }
+
+    /// Adds one row in its canonical encoding.
+    public mutating func add(row: [UInt8]) {
+        row.withUnsafeBytes { add(row: $0) }
+    }
+
+    /// The ordered digest (hex) of the rows added so far.
+    public var orderedHex: String {
+        EventChain.hex(keyed.finish(ordered))
+    }
+
+    /// The multiset digest (hex): the per-row digests summed modulo 2^256.
+    public var multisetHex: String {
+        [sum.0, sum.1, sum.2, sum.3].map { limb in
+            let text = String(limb, radix: 16)
+            return String(repeating: "0", count: 16 - text.count) + text
+        }.joined()
+    }
+}

@@ -1,0 +1,225 @@
+import CustosCore
+import NIOCore
+
+/// Masking and capture of what the backend returns: every RowDescription becomes a ``RowPlan``
+/// (after the catalog has said where its columns come from), every DataRow and COPY row is masked
+/// by it and digested raw, and errors and notices lose the data they echo.
+extension ClientSession {
+    /// Plans a RowDescription or CopyOutResponse before it is processed. False when the frame
+    /// waits for a catalog answer: it (and every backend frame after it) is parked until then.
+    func prepareResult(_ frame: PostgresFrame) -> Bool {
+        switch frame.type {
+        case UInt8(ascii: "T"):
+            guard case .rowDescription(let columns)? = try? BackendMessage.decode(frame) else { return true }
+            let profile = maskingProfile
+            if profile.hasColumnRules, let catalog {
+                let unknown = Set(columns.map(\.tableOID)).filter { $0 != 0 && catalog.cached($0) == nil && !catalogMisses.contains($0) }
+                if !unknown.isEmpty {
+                    pauseBackend(frame)
+                    catalog.resolve(unknown, on: context.eventLoop).assumeIsolated().whenComplete { [self] result in
+                        if case .failure = result { catalogMisses.formUnion(unknown) }
+                        resumeBackend()
+                    }
+                    return false
+                }
+            }
+            let plan = RowPlan.make(columns, profile: profile) { [catalog] oid in catalog?.cached(oid) }
+            switch tracker.head {
+            case .query(let statement?):
+                queryPlan = plan
+                captures[statement.number]?.describe(plan)
+            case .describePortal(let portal), .describeInternal(let portal):
+                portalPlans[portal] = plan
+            default:
+                break
+            }
+        case UInt8(ascii: "n"):
+            switch tracker.head {
+            case .describePortal(let portal), .describeInternal(let portal): portalPlans[portal] = .empty
+            default: break
+            }
+        case UInt8(ascii: "H"):
+            if let ready = readyCopyPlan {
+                copyPlan = ready
+                readyCopyPlan = nil
+                return true
+            }
+            copyPlan = nil
+            guard let number = tracker.headStatement?.number, var infos = copyInfos[number], !infos.isEmpty else { return true }
+            let info = infos.removeFirst()
+            copyInfos[number] = infos
+            let profile = maskingProfile
+            guard !profile.isEmpty else { return true }
+            guard profile.hasColumnRules, let catalog else {
+                copyPlan = CopyPlan(info: info, actions: nil, profile: profile)
+                return true
+            }
+            pauseBackend(frame)
+            planCopy(info, catalog: catalog, profile: profile).assumeIsolated().whenComplete { [self] result in
+                switch result {
+                case .success(let plan): readyCopyPlan = plan
+                case .failure(let error):
+                    logger.warning("COPY columns unknown; every field is redacted", metadata: ["error": "\(error)"])
+                    readyCopyPlan = CopyPlan(info: info, actions: nil, profile: profile)
+                }
+                resumeBackend()
+            }
+            return false
+        default:
+            break
+        }
+        return true
+    }
+
+    /// The columns a `COPY … TO` sends, from the catalog: the table's (or the listed) columns, or
+    /// the description of the copied query.
+    private func planCopy(_ info: CopyInfo, catalog: Catalog, profile: MaskingProfile) -> EventLoopFuture<CopyPlan> {
+        let loop = context.eventLoop
+        if let table = info.table {
+            return catalog.table(named: table, on: loop).flatMapThrowing { found in
+                guard let found else { throw CatalogError(reason: "table \(table) not found") }
+                let names = info.columns.isEmpty ? found.columns.map(\.name) : info.columns
+                let actions = names.map { name -> RowPlan.Action in
+                    if let strategy = profile.strategy(schema: found.schema, table: found.name, column: name) { return .mask(strategy) }
+                    return profile.detectors.isEmpty ? .keep : .detect
+                }
+                return CopyPlan(info: info, actions: actions, profile: profile)
+            }
+        }
+        guard let query = info.query else { return loop.makeFailedFuture(CatalogError(reason: "COPY without a table or query")) }
+        return catalog.describe(query, on: loop).flatMap { columns in
+            catalog.resolve(Set(columns.map(\.tableOID)), on: loop).map {
+                let plan = RowPlan.make(columns.map { var text = $0; text.format = 0; return text }, profile: profile) { catalog.cached($0) }
+                return CopyPlan(info: info, actions: plan.columns.map(\.action), profile: profile)
+            }
+        }
+    }
+
+    private func pauseBackend(_ frame: PostgresFrame) {
+        pausedFrames = [frame]
+    }
+
+    /// Processes the parked frames in order (one may park the rest again), then reads on.
+    private func resumeBackend() {
+        guard !isClosed, let frames = pausedFrames else { return }
+        pausedFrames = nil
+        for frame in frames {
+            if pausedFrames != nil {
+                pausedFrames!.append(frame)
+            } else {
+                backendFrame(frame)
+            }
+        }
+        if pausedFrames == nil { backendReadComplete() }
+    }
+
+    /// Masks and captures a backend message about to reach the client; nil when it goes as is.
+    func maskResult(_ frame: PostgresFrame) -> PostgresFrame? {
+        switch frame.type {
+        case UInt8(ascii: "D"):
+            let number = tracker.headStatement?.number
+            let plan: RowPlan
+            switch tracker.head {
+            case .execute(let statement): plan = statement.portal.flatMap { portalPlans[$0] } ?? unknownPlan(frame)
+            case .query: plan = queryPlan ?? unknownPlan(frame)
+            default: return nil
+            }
+            var capture = number.flatMap { captures[$0] }
+            let values = ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors)
+            let rewritten: ByteBuffer?
+            do {
+                rewritten = try DataRowMasking.process(
+                    frame, plan: plan, values: values, capture: &capture, scratch: &rowScratch, allocator: context.channel.allocator)
+            } catch {
+                // Never forward a row that could not be read (and so not masked).
+                terminate(sqlstate: "08P01", message: "the backend sent a malformed row", outcome: "error", reason: "malformed DataRow from backend")
+                return nil
+            }
+            if let number, let capture { captures[number] = capture }
+            return rewritten.map { PostgresFrame(type: UInt8(ascii: "D"), body: $0.getSlice(at: $0.readerIndex + 5, length: $0.readableBytes - 5)!, raw: $0) }
+        case UInt8(ascii: "d"):
+            guard let number = tracker.headStatement?.number else { return nil }
+            let row = Array(frame.body.readableBytesView)
+            let format = Int16(copyPlan?.info.format == .binary ? 1 : 0)
+            var encoded: [UInt8] = []
+            DataRowMasking.append(UInt16(1), to: &encoded)
+            DataRowMasking.append(UInt16(bitPattern: format), to: &encoded)
+            DataRowMasking.append(UInt32(row.count), to: &encoded)
+            encoded += row
+            captures[number]?.digest.add(row: encoded)
+            let masked = copyPlan?.mask(row, masker: gateway.masker, detectors: maskingProfile.detectors)
+            if captures[number]?.wantsSample == true {
+                captures[number]?.sample.append([String(decoding: masked ?? row, as: UTF8.self)])
+            }
+            guard let masked else { return nil }
+            var body = context.channel.allocator.buffer(capacity: masked.count)
+            body.writeBytes(masked)
+            return PostgresFrame(type: UInt8(ascii: "d"), body: body)
+        case UInt8(ascii: "c"):
+            copyPlan = nil
+            return nil
+        case UInt8(ascii: "E"), UInt8(ascii: "N"):
+            guard !maskingProfile.isEmpty, let message = try? BackendMessage.decode(frame) else { return nil }
+            let fields: ErrorFields
+            switch message {
+            case .errorResponse(let f), .noticeResponse(let f): fields = f
+            default: return nil
+            }
+            guard let masked = ErrorMasking.mask(fields, profile: maskingProfile, masker: gateway.masker) else { return nil }
+            var buffer = context.channel.allocator.buffer(capacity: frame.raw.readableBytes + 32)
+            (frame.type == UInt8(ascii: "E") ? BackendMessage.errorResponse(masked) : .noticeResponse(masked)).encode(into: &buffer)
+            return PostgresFrame(type: frame.type, body: buffer.getSlice(at: buffer.readerIndex + 5, length: buffer.readableBytes - 5)!, raw: buffer)
+        case UInt8(ascii: "Z"):
+            queryPlan = nil
+            return nil
+        default:
+            return nil
+        }
+    }
+
+    /// Rows with no description seen (never expected: Custos describes every portal it
+    /// executes): each value becomes NULL.
+    private func unknownPlan(_ frame: PostgresFrame) -> RowPlan {
+        var body = frame.body
+        let count = Int(body.readInteger(as: Int16.self) ?? 0)
+        logger.warning("rows without a description; every value is sent as NULL")
+        return RowPlan.unknown(count: max(0, count))
+    }
+}
+
+extension ClientSession {
+    /// The statement as it is recorded: literals and parameters that touch masked columns,
+    /// passwords and detected values masked (docs/masking.md).
+    func recordedForm(of action: Action) -> SessionEvents.RecordedStatement {
+        var uses: [LiteralUse] = []
+        if RecordMasking.needsLiteralUses(action.statements, profile: maskingProfile) {
+            if let cached = literalUseCache[action.text] {
+                uses = cached
+            } else {
+                uses = gateway.gate.literalUses(action.text)
+                if literalUseCache.count >= 256 { literalUseCache.removeAll() }
+                literalUseCache[action.text] = uses
+            }
+        }
+        let masked = gateway.recordMasking.mask(text: action.text, parameters: action.parameters, uses: uses, profile: maskingProfile)
+        return SessionEvents.RecordedStatement(text: masked.text, parameters: masked.parameters, masked: masked.masked)
+    }
+
+    /// Notes the `COPY … TO` statements of an allowed action so their output can be masked; an
+    /// error when one cannot be (binary format while masking applies).
+    func planCopies(_ action: Action) -> ErrorFields? {
+        guard action.statements.contains(where: { $0.kind == "copy" }) else { return nil }
+        var infos: [CopyInfo] = []
+        for statement in action.statements where statement.kind == "copy" {
+            guard let info = gateway.gate.copyInfo(statement.text), !info.isFrom else { continue }
+            if info.format == .binary, !maskingProfile.isEmpty {
+                return ErrorFields(
+                    severity: "ERROR", sqlstate: "0A000", message: "COPY TO in binary format cannot be masked; use text or CSV format",
+                    hint: "masking applies to this identity on this connection")
+            }
+            infos.append(info)
+        }
+        if !infos.isEmpty { copyInfos[statementCount] = infos }
+        return nil
+    }
+}

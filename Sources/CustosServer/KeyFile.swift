@@ -1,0 +1,61 @@
+import Crypto
+import Foundation
+
+/// A gateway secret kept in a file: 32 random bytes written as 64 hex characters. Created with
+/// mode 0600 when missing; refused when others may read it. Its contents never reach a log.
+enum KeyFile {
+    /// The key at `path`, creating it first if it does not exist; `created` says whether it did.
+    static func load(path: String, key configKey: String) throws(ConfigError) -> (key: SymmetricKey, created: Bool) {
+        let manager = FileManager.default
+        var created = false
+        if !manager.fileExists(atPath: path) {
+            let bytes = SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) }
+            let hex = bytes.map { String(format: "%02x", $0) }.joined() + "\n"
+            do {
+                try manager.createDirectory(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path, withIntermediateDirectories: true)
+            } catch {
+                throw ConfigError(key: configKey, problem: "cannot create the folder of \(path)")
+            }
+            // Created with 0600 from the start: the secret is never readable by others, not even briefly.
+            let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            guard descriptor >= 0 else { throw ConfigError(key: configKey, problem: "cannot create \(path)") }
+            let written = hex.utf8CString.withUnsafeBytes { write(descriptor, $0.baseAddress, hex.utf8.count) }
+            close(descriptor)
+            guard written == hex.utf8.count else { throw ConfigError(key: configKey, problem: "cannot write \(path)") }
+            created = true
+        }
+        guard let attributes = try? manager.attributesOfItem(atPath: path), let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue else {
+            throw ConfigError(key: configKey, problem: "cannot read \(path)")
+        }
+        if mode & 0o077 != 0 {
+            throw ConfigError(key: configKey, problem: "\(path) is readable by others (mode \(String(mode, radix: 8))); chmod 600 it")
+        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(key: configKey, problem: "cannot read \(path)")
+        }
+        let hex = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard hex.count == 64, let bytes = Self.bytes(hex) else {
+            throw ConfigError(key: configKey, problem: "\(path) does not hold a key (expected 64 hex characters)")
+        }
+        return (SymmetricKey(data: bytes), created)
+    }
+
+    private static func bytes(_ hex: String) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        var iterator = hex.utf8.makeIterator()
+        while let high = iterator.next(), let low = iterator.next() {
+            guard let h = nibble(high), let l = nibble(low) else { return nil }
+            bytes.append(h << 4 | l)
+        }
+        return bytes
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
