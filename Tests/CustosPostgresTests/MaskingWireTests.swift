@@ -56,7 +56,7 @@ struct MaskingWireTests {
         ]
         let plan = RowPlan.make(columns, profile: Self.profile) { _ in Self.customers }
         let raw: [[UInt8]?] = [Array("42".utf8), Array("bob@example.com".utf8), Array("078-05-1120".utf8), Array("2025-01-01".utf8), nil]
-        var capture: ResultCapture? = ResultCapture(key: SymmetricKey(data: Array(repeating: UInt8(1), count: 32)), sampleLimit: 1)
+        var capture: ResultCapture? = ResultCapture(key: ResultDigest.Keyed(key: SymmetricKey(data: Array(repeating: UInt8(1), count: 32))), sampleLimit: 1)
         var scratch: [UInt8] = []
         let values = ValueMasker(masker: Self.masker, detectors: Self.profile.detectors)
         let out = try #require(

@@ -7,12 +7,13 @@ import Crypto
 /// Each row is given in its canonical encoding: the column count (uint16), then per column its
 /// format code (int16), length (int32, -1 for NULL) and bytes, all big-endian.
 public struct ResultDigest: Sendable {
-    /// HMAC-SHA256 with the key's pads hashed once, so that a row costs two hash finalizations.
-    struct Keyed: Sendable {
+    /// HMAC-SHA256 with the key's pads hashed once (per gateway, not per statement), so that a
+    /// row costs two hash finalizations.
+    public struct Keyed: Sendable {
         private var inner = SHA256()
         private var outer = SHA256()
 
-        init(key: SymmetricKey) {
+        public init(key: SymmetricKey) {
             var block = [UInt8](repeating: 0, count: 64)
             key.withUnsafeBytes { bytes in
                 if bytes.count > 64 {
@@ -47,7 +48,11 @@ public struct ResultDigest: Sendable {
     public private(set) var rows = 0
 
     public init(key: SymmetricKey) {
-        keyed = Keyed(key: key)
+        self.init(keyed: Keyed(key: key))
+    }
+
+    public init(keyed: Keyed) {
+        self.keyed = keyed
         ordered = keyed.start
         ordered.update(data: Self.orderedLabel)
         rowStart = keyed.start

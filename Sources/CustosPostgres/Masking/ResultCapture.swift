@@ -10,8 +10,8 @@ struct ResultCapture {
     var sample: [[String?]] = []
     let sampleLimit: Int
 
-    init(key: SymmetricKey, sampleLimit: Int) {
-        digest = ResultDigest(key: key)
+    init(key: ResultDigest.Keyed, sampleLimit: Int) {
+        digest = ResultDigest(keyed: key)
         self.sampleLimit = sampleLimit
     }
 

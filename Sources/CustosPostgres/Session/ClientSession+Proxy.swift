@@ -226,12 +226,12 @@ extension ClientSession: BackendDelegate {
                 statement.startedAt = NIODeadline.now().uptimeNanoseconds
                 expectation = .execute(statement)
                 scheduleTimeout(statement)
-                captures[statement.number] = ResultCapture(key: gateway.settings.digestKey, sampleLimit: gateway.settings.sampleRows)
+                captures[statement.number] = ResultCapture(key: gateway.digestKey, sampleLimit: gateway.settings.sampleRows)
             case .query(var statement?):
                 statement.startedAt = NIODeadline.now().uptimeNanoseconds
                 expectation = .query(statement)
                 scheduleTimeout(statement)
-                captures[statement.number] = ResultCapture(key: gateway.settings.digestKey, sampleLimit: gateway.settings.sampleRows)
+                captures[statement.number] = ResultCapture(key: gateway.digestKey, sampleLimit: gateway.settings.sampleRows)
             default: break
             }
             var effects: [ResponseTracker.Effect] = []

@@ -59,6 +59,7 @@ public final class PostgresGateway: Sendable {
     public let recorder: any Recorder
     public let logger: Logger
     let masker: Masker
+    let digestKey: ResultDigest.Keyed
     let recordMasking: RecordMasking
     /// Column origins per connection target, by name.
     let catalogs: [String: Catalog]
@@ -73,6 +74,7 @@ public final class PostgresGateway: Sendable {
         self.recorder = recorder
         self.logger = logger
         self.masker = Masker(hashKey: settings.maskingKey)
+        self.digestKey = ResultDigest.Keyed(key: settings.digestKey)
         self.recordMasking = RecordMasking(masker: masker)
         self.catalogs = targets.mapValues { Catalog(target: $0, logger: logger) }
     }
