@@ -11,7 +11,7 @@ struct MaskingWireTests {
     static let profile = MaskingProfile(
         rule: "agents", columns: ["customers.email": .hash, "customers.ssn": .redact, "customers.created_at": .partial], columnNames: [],
         detectors: [.email: .redact, .card: .partial])
-    static let customers = Catalog.Table(oid: 500, schema: "public", name: "customers", columns: [(1, "id"), (2, "email"), (3, "ssn"), (4, "created_at")])
+    static let customers = Catalog.Table(oid: 500, schema: "public", name: "customers", columns: [(1, "id", 23), (2, "email", 25), (3, "ssn", 25), (4, "created_at", 1184)])
 
     static func column(_ name: String, table: UInt32 = 500, attribute: Int16, type: UInt32, format: Int16 = 0) -> BackendMessage.Column {
         BackendMessage.Column(name: name, tableOID: table, attribute: attribute, typeOID: type, typeSize: -1, typeModifier: -1, format: format)
@@ -110,20 +110,26 @@ struct MaskingWireTests {
     @Test("COPY text rows keep escapes, delimiters and NULLs; CSV rows keep quoting and the header")
     func copyRows() {
         let text = CopyInfo(isFrom: false, table: "customers")
-        var plan = CopyPlan(info: text, actions: [.keep, .mask(.hash), .mask(.redact), .keep], profile: Self.profile)
-        let row = Array("7\tbob@example.com\ta\\tb\t\\N\n".utf8)
-        let out = plan.mask(row, masker: Self.masker, detectors: [:]).map { String(decoding: $0, as: UTF8.self) }
-        #expect(out == "7\t\(Self.masker.mask("bob@example.com", strategy: .hash)!)\t[redacted]\t\\N\n")
+        let values = ValueMasker(masker: Self.masker, detectors: [:])
+        func column(_ type: UInt32, _ action: RowPlan.Action) -> RowPlan.Column {
+            RowPlan.Column(name: "c", typeOID: type, format: 0, typeClass: RowPlan.typeClass(type, format: 0), action: action)
+        }
+        var plan = CopyPlan(
+            info: text, columns: [column(23, .keep), column(25, .mask(.hash)), column(25, .mask(.redact)), column(25, .keep), column(1184, .mask(.redact))],
+            profile: Self.profile)
+        let row = Array("7\tbob@example.com\ta\\tb\t\\N\t2025-01-01\n".utf8)
+        let out = plan.mask(row, values: values).map { String(decoding: $0, as: UTF8.self) }
+        #expect(out == "7\t\(Self.masker.mask("bob@example.com", strategy: .hash)!)\t[redacted]\t\\N\t\\N\n", "a masked timestamp is NULL")
         #expect(TextRow.split(Array("a\\\\b\\tc\\x41\\101\tz".utf8), delimiter: 9) == [Array("a\\b\tcAA".utf8), Array("z".utf8)])
 
         let csv = CopyInfo(isFrom: false, table: nil, query: "SELECT", format: .csv, header: true)
-        var csvPlan = CopyPlan(info: csv, actions: [.mask(.redact), .keep], profile: Self.profile)
-        #expect(csvPlan.mask(Array("email,note\n".utf8), masker: Self.masker, detectors: [:]) == nil, "the header passes")
-        let masked = csvPlan.mask(Array("\"a,b@example.com\",\"say \"\"hi\"\"\"\n".utf8), masker: Self.masker, detectors: [:])
+        var csvPlan = CopyPlan(info: csv, columns: [column(25, .mask(.redact)), column(25, .keep)], profile: Self.profile)
+        #expect(csvPlan.mask(Array("email,note\n".utf8), values: values) == nil, "the header passes")
+        let masked = csvPlan.mask(Array("\"a,b@example.com\",\"say \"\"hi\"\"\"\n".utf8), values: values)
         #expect(masked.map { String(decoding: $0, as: UTF8.self) } == "[redacted],\"say \"\"hi\"\"\"\n")
         #expect(CSVRow.split(Array(",\"\",x".utf8), info: csv) == [nil, [], Array("x".utf8)])
 
-        let unknown = CopyPlan(info: text, actions: nil, profile: Self.profile)
+        let unknown = CopyPlan(info: text, columns: nil, profile: Self.profile)
         #expect(unknown.redactAll, "columns unknown while column rules apply: every field is redacted")
     }
 

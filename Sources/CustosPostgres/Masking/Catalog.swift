@@ -12,15 +12,16 @@ final class Catalog: Sendable {
         var oid: UInt32
         var schema: String
         var name: String
-        /// Column names by attribute number, in order.
-        var columns: [(number: Int16, name: String)]
+        /// Column names and type OIDs by attribute number, in order.
+        var columns: [(number: Int16, name: String, type: UInt32)]
 
         func column(_ number: Int16) -> String? {
             columns.first { $0.number == number }?.name
         }
 
         static func == (a: Table, b: Table) -> Bool {
-            a.oid == b.oid && a.schema == b.schema && a.name == b.name && a.columns.elementsEqual(b.columns) { $0 == $1 }
+            a.oid == b.oid && a.schema == b.schema && a.name == b.name
+                && a.columns.elementsEqual(b.columns) { $0.number == $1.number && $0.name == $1.name && $0.type == $1.type }
         }
     }
 
@@ -71,7 +72,7 @@ final class Catalog: Sendable {
 
     private static func columnsQuery(where condition: String) -> String {
         """
-        SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname FROM pg_catalog.pg_attribute a \
+        SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid FROM pg_catalog.pg_attribute a \
         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
         WHERE \(condition) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum
         """
@@ -85,11 +86,11 @@ final class Catalog: Sendable {
             var found: [UInt32: Table] = [:]
             var order: [UInt32] = []
             for row in reply.rows {
-                guard row.count == 5, let oid = row[0].flatMap(UInt32.init), let schema = row[1], let name = row[2],
-                    let number = row[3].flatMap(Int16.init), let column = row[4]
+                guard row.count == 6, let oid = row[0].flatMap(UInt32.init), let schema = row[1], let name = row[2],
+                    let number = row[3].flatMap(Int16.init), let column = row[4], let type = row[5].flatMap(UInt32.init)
                 else { continue }
                 if found[oid] == nil { order.append(oid) }
-                found[oid, default: Table(oid: oid, schema: schema, name: name, columns: [])].columns.append((number, column))
+                found[oid, default: Table(oid: oid, schema: schema, name: name, columns: [])].columns.append((number, column, type))
             }
             self.tables.withLockedValue { tables in
                 if tables.count > 50_000 { tables.removeAll() }  // bounded, whatever the schema churn

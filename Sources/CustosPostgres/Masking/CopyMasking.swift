@@ -6,8 +6,8 @@ import NIOCore
 /// and encoded again, so the client's COPY reader still parses every row.
 struct CopyPlan {
     var info: CopyInfo
-    /// The action for each field, in order.
-    var actions: [RowPlan.Action]
+    /// The columns in order, typed, each with its action.
+    var columns: [RowPlan.Column]
     /// Columns unknown and only detectors apply: they look at the whole row.
     var detectWholeRow: Bool
     /// Columns unknown while column rules apply: every field is redacted (fail closed).
@@ -15,26 +15,28 @@ struct CopyPlan {
     /// CSV HEADER: the first row holds column names and is passed as is.
     var headerPending: Bool
 
-    var masks: Bool { detectWholeRow || redactAll || actions.contains { $0 != .keep } }
+    var masks: Bool { detectWholeRow || redactAll || columns.contains { $0.action != .keep } }
 
-    /// `actions` nil: the columns are unknown.
-    init(info: CopyInfo, actions: [RowPlan.Action]?, profile: MaskingProfile) {
+    /// `columns` nil: the columns are unknown.
+    init(info: CopyInfo, columns: [RowPlan.Column]?, profile: MaskingProfile) {
         self.info = info
-        self.actions = actions ?? []
-        self.detectWholeRow = actions == nil && !profile.hasColumnRules && profile.columnNames.isEmpty && !profile.detectors.isEmpty
-        self.redactAll = actions == nil && (profile.hasColumnRules || !profile.columnNames.isEmpty)
+        self.columns = columns ?? []
+        self.detectWholeRow = columns == nil && !profile.hasColumnRules && profile.columnNames.isEmpty && !profile.detectors.isEmpty
+        self.redactAll = columns == nil && (profile.hasColumnRules || !profile.columnNames.isEmpty)
         self.headerPending = info.header && info.format == .csv
     }
 
-    /// The masked row, or nil when it goes unchanged.
-    mutating func mask(_ row: [UInt8], masker: Masker, detectors: [Detector: MaskingStrategy]) -> [UInt8]? {
+    /// The masked row, or nil when it goes unchanged. Fields are masked as text-format values of
+    /// their column's type, so a masked number or date is NULL here too.
+    mutating func mask(_ row: [UInt8], values: ValueMasker) -> [UInt8]? {
         if headerPending {
             headerPending = false
             return nil
         }
         guard masks else { return nil }
         if detectWholeRow {
-            switch masker.maskDetected(row.withUnsafeBytes { $0 }, strategies: detectors.mapValues { $0 == .null ? .redact : $0 }) {
+            let strategies = values.detectors.mapValues { $0 == .null ? MaskingStrategy.redact : $0 }
+            switch row.withUnsafeBytes({ values.masker.maskDetected($0, strategies: strategies) }) {
             case .unchanged: return nil
             case .replaced(let bytes): return bytes
             case .null: return Array("[redacted]\n".utf8)
@@ -47,27 +49,22 @@ struct CopyPlan {
         var changed = false
         var output: [[UInt8]?] = []
         for (index, field) in fields.enumerated() {
-            let action: RowPlan.Action = redactAll ? .mask(.redact) : index < actions.count ? actions[index] : .mask(.redact)
             guard let value = field else {
                 output.append(nil)
                 continue
             }
-            var masked: [UInt8]?? = .none  // .none: unchanged
-            switch action {
-            case .keep: break
-            case .mask(let strategy): masked = .some(value.withUnsafeBytes { masker.mask($0, strategy: strategy) })
-            case .detect:
-                switch value.withUnsafeBytes({ masker.maskDetected($0, strategies: detectors) }) {
-                case .unchanged: break
-                case .replaced(let bytes): masked = .some(bytes)
-                case .null: masked = .some(nil)
-                }
-            }
-            if case .some(let replacement) = masked {
-                changed = true
-                output.append(replacement)
-            } else {
+            let column: RowPlan.Column =
+                redactAll || index >= columns.count
+                ? RowPlan.Column(name: "?", typeOID: 25, format: 0, typeClass: .text, action: .mask(.redact)) : columns[index]
+            switch value.withUnsafeBytes({ values.mask($0, column: column) }) {
+            case .keep:
                 output.append(value)
+            case .null:
+                changed = true
+                output.append(nil)
+            case .bytes(let bytes):
+                changed = true
+                output.append(bytes)
             }
         }
         guard changed else { return nil }

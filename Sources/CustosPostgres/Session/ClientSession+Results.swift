@@ -51,7 +51,7 @@ extension ClientSession {
             let profile = maskingProfile
             guard !profile.isEmpty else { return true }
             guard profile.hasColumnRules, let catalog else {
-                copyPlan = CopyPlan(info: info, actions: nil, profile: profile)
+                copyPlan = CopyPlan(info: info, columns: nil, profile: profile)
                 return true
             }
             pauseBackend(frame)
@@ -60,7 +60,7 @@ extension ClientSession {
                 case .success(let plan): readyCopyPlan = plan
                 case .failure(let error):
                     logger.warning("COPY columns unknown; every field is redacted", metadata: ["error": "\(error)"])
-                    readyCopyPlan = CopyPlan(info: info, actions: nil, profile: profile)
+                    readyCopyPlan = CopyPlan(info: info, columns: nil, profile: profile)
                 }
                 resumeBackend()
             }
@@ -78,19 +78,21 @@ extension ClientSession {
         if let table = info.table {
             return catalog.table(named: table, on: loop).flatMapThrowing { found in
                 guard let found else { throw CatalogError(reason: "table \(table) not found") }
-                let names = info.columns.isEmpty ? found.columns.map(\.name) : info.columns
-                let actions = names.map { name -> RowPlan.Action in
-                    if let strategy = profile.strategy(schema: found.schema, table: found.name, column: name) { return .mask(strategy) }
-                    return profile.detectors.isEmpty ? .keep : .detect
+                // The listed columns (or all), as text-format result columns of this table.
+                let listed = info.columns.isEmpty ? found.columns : info.columns.map { name in
+                    found.columns.first { $0.name == name } ?? (number: 0, name: name, type: 0)
                 }
-                return CopyPlan(info: info, actions: actions, profile: profile)
+                let columns = listed.map {
+                    BackendMessage.Column(name: $0.name, tableOID: found.oid, attribute: $0.number, typeOID: $0.type, typeSize: -1, typeModifier: -1, format: 0)
+                }
+                return CopyPlan(info: info, columns: RowPlan.make(columns, profile: profile) { $0 == found.oid ? found : catalog.cached($0) }.columns, profile: profile)
             }
         }
         guard let query = info.query else { return loop.makeFailedFuture(CatalogError(reason: "COPY without a table or query")) }
         return catalog.describe(query, on: loop).flatMap { columns in
             catalog.resolve(Set(columns.map(\.tableOID)), on: loop).map {
                 let plan = RowPlan.make(columns.map { var text = $0; text.format = 0; return text }, profile: profile) { catalog.cached($0) }
-                return CopyPlan(info: info, actions: plan.columns.map(\.action), profile: profile)
+                return CopyPlan(info: info, columns: plan.columns, profile: profile)
             }
         }
     }
@@ -147,7 +149,7 @@ extension ClientSession {
             DataRowMasking.append(UInt32(row.count), to: &encoded)
             encoded += row
             captures[number]?.digest.add(row: encoded)
-            let masked = copyPlan?.mask(row, masker: gateway.masker, detectors: maskingProfile.detectors)
+            let masked = copyPlan?.mask(row, values: ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors))
             if captures[number]?.wantsSample == true {
                 captures[number]?.sample.append([String(decoding: masked ?? row, as: UTF8.self)])
             }
