@@ -56,6 +56,13 @@ public final class Gateway: Service {
                 throw ConfigError(key: "listen.tls", problem: "cannot load certificate or key: \(error)")
             }
         }
+        // Keys before the store: nothing may fail once the writer thread runs.
+        let digest = try KeyFile.load(path: config.keys.digestFile, key: "keys.digest_file")
+        let masking = try KeyFile.load(path: config.keys.maskingFile, key: "keys.masking_file")
+        for (created, path, use) in [(digest.created, config.keys.digestFile, "result digests"), (masking.created, config.keys.maskingFile, "masking hashes")]
+        where created {
+            logger.warning("created a new key", metadata: ["path": "\(path)", "use": "\(use)"])
+        }
         do {
             try FileManager.default.createDirectory(
                 atPath: URL(fileURLWithPath: config.recording.store).deletingLastPathComponent().path, withIntermediateDirectories: true)
@@ -64,12 +71,6 @@ public final class Gateway: Service {
                 store: store, writerID: try store.writerID(preferred: config.recording.writerID), queueLimit: config.recording.queueLimit, logger: logger)
         } catch {
             throw ConfigError(key: "recording.store", problem: "cannot open the store: \(error)")
-        }
-        let digest = try KeyFile.load(path: config.keys.digestFile, key: "keys.digest_file")
-        let masking = try KeyFile.load(path: config.keys.maskingFile, key: "keys.masking_file")
-        for (created, path, use) in [(digest.created, config.keys.digestFile, "result digests"), (masking.created, config.keys.maskingFile, "masking hashes")]
-        where created {
-            logger.warning("created a new key", metadata: ["path": "\(path)", "use": "\(use)"])
         }
         let verifier = TokenVerifier(
             issuers: config.identity.issuers, source: HTTPJWKSSource(client: .shared), skew: config.identity.clockSkew,

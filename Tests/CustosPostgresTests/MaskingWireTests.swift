@@ -56,11 +56,11 @@ struct MaskingWireTests {
         ]
         let plan = RowPlan.make(columns, profile: Self.profile) { _ in Self.customers }
         let raw: [[UInt8]?] = [Array("42".utf8), Array("bob@example.com".utf8), Array("078-05-1120".utf8), Array("2025-01-01".utf8), nil]
-        var capture: ResultCapture? = ResultCapture(key: ResultDigest.Keyed(key: SymmetricKey(data: Array(repeating: UInt8(1), count: 32))), sampleLimit: 1)
+        let capture: ResultCapture? = ResultCapture(key: ResultDigest.Keyed(key: SymmetricKey(data: Array(repeating: UInt8(1), count: 32))), sampleLimit: 1)
         var scratch: [UInt8] = []
         let values = ValueMasker(masker: Self.masker, detectors: Self.profile.detectors)
         let out = try #require(
-            try DataRowMasking.process(Self.dataRow(raw), plan: plan, values: values, capture: &capture, scratch: &scratch, allocator: .init()))
+            try DataRowMasking.process(Self.dataRow(raw), plan: plan, values: values, capture: capture, scratch: &scratch, allocator: .init()))
         let masked = try Self.values(of: out)
         #expect(masked[0] == "42")
         #expect(masked[1] == Self.masker.mask("bob@example.com", strategy: .hash))
@@ -85,7 +85,7 @@ struct MaskingWireTests {
         #expect(capture?.digest.orderedHex == expected.orderedHex)
 
         let plain = RowPlan.make(columns, profile: .none) { _ in nil }
-        #expect(try DataRowMasking.process(Self.dataRow(raw), plan: plain, values: values, capture: &capture, scratch: &scratch, allocator: .init()) == nil)
+        #expect(try DataRowMasking.process(Self.dataRow(raw), plan: plain, values: values, capture: capture, scratch: &scratch, allocator: .init()) == nil)
     }
 
     @Test("binary jsonb keeps its version byte; json becomes a JSON string")

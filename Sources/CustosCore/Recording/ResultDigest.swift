@@ -2,7 +2,8 @@ import Crypto
 
 /// Keyed digests of a raw result, as the backend sent it (docs/evidence.md, "Result digests"):
 /// proof of what was returned that holds no data. `ordered` covers the rows in the order they came;
-/// `multiset` is the sum of per-row digests, so a result returned in another order digests the same.
+/// `multiset` keys the sum of per-row SHA-256 digests, so a result returned in another order
+/// digests the same. A row costs one SHA-256 of its own and an update of the running HMAC.
 ///
 /// Each row is given in its canonical encoding: the column count (uint16), then per column its
 /// format code (int16), length (int32, -1 for NULL) and bytes, all big-endian.
@@ -37,11 +38,10 @@ public struct ResultDigest: Sendable {
     }
 
     static let orderedLabel = Array("custos.result.ordered.v1\n".utf8)
-    static let rowLabel = Array("custos.result.row.v1\n".utf8)
+    static let multisetLabel = Array("custos.result.multiset.v1\n".utf8)
 
     private let keyed: Keyed
     private var ordered: SHA256
-    private var rowStart: SHA256
     /// The multiset sum, as four 64-bit limbs, most significant first.
     private var sum: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     /// Rows digested so far.
@@ -55,18 +55,13 @@ public struct ResultDigest: Sendable {
         self.keyed = keyed
         ordered = keyed.start
         ordered.update(data: Self.orderedLabel)
-        rowStart = keyed.start
-        rowStart.update(data: Self.rowLabel)
     }
 
     /// Adds one row in its canonical encoding.
     public mutating func add(row: UnsafeRawBufferPointer) {
         rows += 1
         ordered.update(bufferPointer: row)
-        var hasher = rowStart
-        hasher.update(bufferPointer: row)
-        let digest = keyed.finish(hasher)
-        digest.withUnsafeBytes { bytes in
+        SHA256.hash(data: row).withUnsafeBytes { bytes in
             func limb(_ offset: Int) -> UInt64 {
                 var value: UInt64 = 0
                 for index in offset..<offset + 8 { value = value << 8 | UInt64(bytes[index]) }
@@ -97,11 +92,15 @@ public struct ResultDigest: Sendable {
         EventChain.hex(keyed.finish(ordered))
     }
 
-    /// The multiset digest (hex): the per-row digests summed modulo 2^256.
+    /// The multiset digest (hex): HMAC of the per-row SHA-256 digests summed modulo 2^256.
     public var multisetHex: String {
-        [sum.0, sum.1, sum.2, sum.3].map { limb in
-            let text = String(limb, radix: 16)
-            return String(repeating: "0", count: 16 - text.count) + text
-        }.joined()
+        var hasher = keyed.start
+        hasher.update(data: Self.multisetLabel)
+        var total: [UInt8] = []
+        for limb in [sum.0, sum.1, sum.2, sum.3] {
+            for shift in stride(from: 56, through: 0, by: -8) { total.append(UInt8(truncatingIfNeeded: limb >> UInt64(shift))) }
+        }
+        hasher.update(data: total)
+        return EventChain.hex(keyed.finish(hasher))
     }
 }

@@ -44,10 +44,10 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
     /// Runs `messages` (ending with Sync or a simple Query) and collects the reply up to ReadyForQuery.
     func run(_ messages: [FrontendMessage]) -> EventLoopFuture<Reply> {
         let promise = eventLoop.makePromise(of: Reply.self)
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        // Called from any session's loop; the state is touched only on the client's own.
         eventLoop.execute {
-            bound.value.waiting.append(Request(messages: messages, promise: promise))
-            bound.value.advance()
+            self.waiting.append(Request(messages: messages, promise: promise))
+            self.advance()
         }
         return promise.futureResult
     }
@@ -165,6 +165,14 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
 
     func backendClosed() {
         if case .idle = state { return }
+        // An idle connection closing (the backend restarted, the gateway stops) is not a failure
+        // worth a warning; the next request reconnects.
+        if case .ready = state, running == nil, waiting.isEmpty {
+            state = .idle
+            relay.delegate = nil
+            channel = nil
+            return
+        }
         fail("the catalog connection closed")
     }
 

@@ -3,8 +3,9 @@ import CustosCore
 import NIOCore
 
 /// What Custos keeps of one statement's results: keyed digests of the raw rows as the backend
-/// sent them, the columns, and the first rows in the masked form the client received.
-struct ResultCapture {
+/// sent them, the columns, and the first rows in the masked form the client received. A class:
+/// rows update it in place, never through a copy.
+final class ResultCapture {
     var digest: ResultDigest
     var columns: [SessionEvents.ResultColumn] = []
     var sample: [[String?]] = []
@@ -15,7 +16,7 @@ struct ResultCapture {
         self.sampleLimit = sampleLimit
     }
 
-    mutating func describe(_ plan: RowPlan) {
+    func describe(_ plan: RowPlan) {
         // A string with several result sets keeps the columns of the first.
         if columns.isEmpty {
             columns = plan.columns.map { SessionEvents.ResultColumn(name: $0.name, type: Int64($0.typeOID), format: Int64($0.format)) }
@@ -43,7 +44,7 @@ enum DataRowMasking {
     /// Digests the row, samples its masked form, and returns the DataRow to send: nil when the
     /// original can go unchanged.
     static func process(
-        _ frame: PostgresFrame, plan: RowPlan, values: ValueMasker, capture: inout ResultCapture?, scratch: inout [UInt8], allocator: ByteBufferAllocator
+        _ frame: PostgresFrame, plan: RowPlan, values: ValueMasker, capture: ResultCapture?, scratch: inout [UInt8], allocator: ByteBufferAllocator
     ) throws(Failure) -> ByteBuffer? {
         let result: Result<ByteBuffer?, Failure> = frame.body.withUnsafeReadableBytes { raw in
             guard raw.count >= 2 else { return .failure(.malformed) }

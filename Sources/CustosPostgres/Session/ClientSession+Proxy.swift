@@ -312,6 +312,8 @@ extension ClientSession: BackendDelegate {
             errorCode: error?.sqlstate, errorMessage: error?.message, durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
         copyInfos[statement.number] = nil
         if let capture = captures.removeValue(forKey: statement.number) {
+            // A result with no rows still names its columns.
+            if capture.columns.isEmpty, let plan = statement.portal.flatMap({ portalPlans[$0] }) { capture.describe(plan) }
             outcome.columns = capture.columns
             outcome.sample = capture.sample
             outcome.digest = (capture.digest.orderedHex, capture.digest.multisetHex)

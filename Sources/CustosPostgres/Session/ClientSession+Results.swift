@@ -1,6 +1,14 @@
 import CustosCore
 import NIOCore
 
+/// The result set being streamed, found once for its first row.
+struct RowContext {
+    var number: Int
+    var plan: RowPlan
+    var capture: ResultCapture?
+    var values: ValueMasker
+}
+
 /// Masking and capture of what the backend returns: every RowDescription becomes a ``RowPlan``
 /// (after the catalog has said where its columns come from), every DataRow and COPY row is masked
 /// by it and digested raw, and errors and notices lose the data they echo.
@@ -119,25 +127,21 @@ extension ClientSession {
     func maskResult(_ frame: PostgresFrame) -> PostgresFrame? {
         switch frame.type {
         case UInt8(ascii: "D"):
-            let number = tracker.headStatement?.number
-            let plan: RowPlan
-            switch tracker.head {
-            case .execute(let statement): plan = statement.portal.flatMap { portalPlans[$0] } ?? unknownPlan(frame)
-            case .query: plan = queryPlan ?? unknownPlan(frame)
-            default: return nil
+            if rowContext == nil {
+                guard let context = makeRowContext(frame) else { return nil }
+                rowContext = context
             }
-            var capture = number.flatMap { captures[$0] }
-            let values = ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors)
+            let current = rowContext!
             let rewritten: ByteBuffer?
             do {
                 rewritten = try DataRowMasking.process(
-                    frame, plan: plan, values: values, capture: &capture, scratch: &rowScratch, allocator: context.channel.allocator)
+                    frame, plan: current.plan, values: current.values, capture: current.capture, scratch: &rowScratch,
+                    allocator: context.channel.allocator)
             } catch {
                 // Never forward a row that could not be read (and so not masked).
                 terminate(sqlstate: "08P01", message: "the backend sent a malformed row", outcome: "error", reason: "malformed DataRow from backend")
                 return nil
             }
-            if let number, let capture { captures[number] = capture }
             return rewritten.map { PostgresFrame(type: UInt8(ascii: "D"), body: $0.getSlice(at: $0.readerIndex + 5, length: $0.readableBytes - 5)!, raw: $0) }
         case UInt8(ascii: "d"):
             guard let number = tracker.headStatement?.number else { return nil }
@@ -160,7 +164,11 @@ extension ClientSession {
         case UInt8(ascii: "c"):
             copyPlan = nil
             return nil
+        case UInt8(ascii: "C"), UInt8(ascii: "s"), UInt8(ascii: "I"), UInt8(ascii: "T"), UInt8(ascii: "n"):
+            rowContext = nil  // the result set ends (or a new one begins)
+            return nil
         case UInt8(ascii: "E"), UInt8(ascii: "N"):
+            if frame.type == UInt8(ascii: "E") { rowContext = nil }
             guard !maskingProfile.isEmpty, let message = try? BackendMessage.decode(frame) else { return nil }
             let fields: ErrorFields
             switch message {
@@ -173,10 +181,25 @@ extension ClientSession {
             return PostgresFrame(type: frame.type, body: buffer.getSlice(at: buffer.readerIndex + 5, length: buffer.readableBytes - 5)!, raw: buffer)
         case UInt8(ascii: "Z"):
             queryPlan = nil
+            rowContext = nil
             return nil
         default:
             return nil
         }
+    }
+
+    /// The statement, plan and capture of the result set whose rows arrive now.
+    private func makeRowContext(_ frame: PostgresFrame) -> RowContext? {
+        guard let statement = tracker.headStatement else { return nil }
+        let plan: RowPlan
+        switch tracker.head {
+        case .execute: plan = statement.portal.flatMap { portalPlans[$0] } ?? unknownPlan(frame)
+        case .query: plan = queryPlan ?? unknownPlan(frame)
+        default: return nil
+        }
+        let capture = captures[statement.number]
+        capture?.describe(plan)
+        return RowContext(number: statement.number, plan: plan, capture: capture, values: ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors))
     }
 
     /// Rows with no description seen (never expected: Custos describes every portal it

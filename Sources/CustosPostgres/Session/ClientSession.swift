@@ -78,6 +78,7 @@ final class ClientSession: ChannelInboundHandler {
     /// `COPY … TO` statements by statement number, in order, for planning their output.
     var copyInfos: [Int: [CopyInfo]] = [:]
     var captures: [Int: ResultCapture] = [:]
+    var rowContext: RowContext?
     /// Backend frames parked while the catalog answers.
     var pausedFrames: CircularBuffer<PostgresFrame>?
     var rowScratch: [UInt8] = []
