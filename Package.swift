@@ -29,6 +29,7 @@ let package = Package(
         .target(
             name: "CustosCore",
             dependencies: [
+                "COpenSSL",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Logging", package: "swift-log"),
@@ -76,6 +77,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // OpenSSL's libcrypto (Debian libssl-dev): allocation-free SHA-256 for masking and digests.
+        .systemLibrary(name: "COpenSSL", pkgConfig: nil, providers: [.apt(["libssl-dev"])]),
         // libpg_query as a system library: the real PostgreSQL parser (Debian libpg-query-dev).
         .systemLibrary(name: "CPgQuery", pkgConfig: nil, providers: [.apt(["libpg-query-dev"])]),
         // PostgreSQL statement analysis over libpg_query: implements CustosCore's StatementAnalyzer.

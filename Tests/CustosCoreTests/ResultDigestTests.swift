@@ -69,4 +69,23 @@ struct ResultDigestTests {
         let plain = recording.mask(text: "SELECT 1", parameters: [], uses: [], profile: profile)
         #expect(plain.text == "SELECT 1" && !plain.masked)
     }
+
+    @Test("masking into a buffer gives exactly what masking into an array gives, for every strategy")
+    func maskInto() {
+        let masker = Masker(hashKey: Self.key)
+        let values = ["", "a", "abcd", "4111 1111 1111 1111", "bob@example.com", "José Müller", "h:0123456789abcdef", "[redacted]", String(repeating: "x9", count: 300)]
+        for value in values {
+            for strategy in MaskingStrategy.allCases {
+                let expected = masker.mask(value, strategy: strategy)
+                var copy = value
+                let got: String? = copy.withUTF8 { raw in
+                    let bytes = UnsafeRawBufferPointer(raw)
+                    let out = UnsafeMutableRawPointer.allocate(byteCount: Masker.maskedCapacity(bytes.count), alignment: 1)
+                    defer { out.deallocate() }
+                    return masker.mask(bytes, strategy: strategy, into: out).map { String(decoding: UnsafeRawBufferPointer(start: out, count: $0), as: UTF8.self) }
+                }
+                #expect(got == expected, "\(strategy) of \(value)")
+            }
+        }
+    }
 }

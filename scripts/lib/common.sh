@@ -72,7 +72,7 @@ _custos_pkg_installed() {
 
 custos_install_deps() {
     # libpg-query-dev: CustosSQL links libpg_query (see NOTES.md).
-    local pkgs=(postgresql postgresql-contrib pgbouncer libsqlite3-dev libpg-query-dev openssl)
+    local pkgs=(postgresql postgresql-contrib pgbouncer libsqlite3-dev libpg-query-dev libssl-dev openssl)
     local missing=() p
     for p in "${pkgs[@]}"; do
         _custos_pkg_installed "$p" || missing+=("$p")

@@ -8,9 +8,12 @@ import Foundation
 /// column, a re-sent result) reads the same.
 public struct Masker: Sendable {
     let hashKey: SymmetricKey
+    /// The key's HMAC pads, hashed once: a value costs two hash finalizations, not a key set-up.
+    let keyed: KeyedHash
 
     public init(hashKey: SymmetricKey) {
         self.hashKey = hashKey
+        self.keyed = KeyedHash(key: hashKey)
     }
 
     /// The masked form of a whole text value; nil means SQL NULL (strategy `.null`).
@@ -120,6 +123,38 @@ public struct Masker: Sendable {
     /// Counting `*` as maskable is what makes this idempotent: `**** **** **** 1111` has four
     /// letters/digits but sixteen maskable characters, so it keeps its `1111`.
     static func partial(_ value: UnsafeRawBufferPointer) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: value.count) { buffer, count in
+            count = partial(value, into: UnsafeMutableRawPointer(buffer.baseAddress!))
+        }
+    }
+
+    /// The largest masked form of a `count`-byte value (``mask(_:strategy:into:)`` needs this room).
+    public static func maskedCapacity(_ count: Int) -> Int { max(count, 18) }
+
+    /// ``mask(_:strategy:)-(UnsafeRawBufferPointer,_)`` written into `out`, which has room for
+    /// ``maskedCapacity(_:)`` bytes: the masked length, or nil for SQL NULL. Allocates nothing,
+    /// for the per-row path.
+    public func mask(_ value: UnsafeRawBufferPointer, strategy: MaskingStrategy, into out: UnsafeMutableRawPointer) -> Int? {
+        switch strategy {
+        case .redact:
+            Self.redacted.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            return Self.redacted.count
+        case .partial:
+            return Self.partial(value, into: out)
+        case .hash:
+            if Self.isHashToken(value) {
+                out.copyMemory(from: value.baseAddress!, byteCount: value.count)
+                return value.count
+            }
+            hash(value, into: out)
+            return 18
+        case .null:
+            return nil
+        }
+    }
+
+    /// ``partial(_:)`` into `out` (at least `value.count` bytes): the length written.
+    static func partial(_ value: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
         func isMaskable(_ c: UInt8) -> Bool { c >= 0x80 || c == MaskByte.star || MaskByte.isAlnum(c) }
         let n = value.count
         // A non-ASCII scalar is one lead byte and its continuation bytes; it becomes a single '*'.
@@ -135,21 +170,21 @@ public struct Masker: Sendable {
             i = next(i)
         }
         let keepFrom = count >= 5 ? count - 4 : Int.max
-        var out: [UInt8] = []
-        out.reserveCapacity(n)
+        var written = 0
         var k = 0
         i = 0
         while i < n {
             let c = value[i]
             if isMaskable(c) {
-                out.append(k >= keepFrom && MaskByte.isAlnum(c) ? c : MaskByte.star)
+                out.storeBytes(of: k >= keepFrom && MaskByte.isAlnum(c) ? c : MaskByte.star, toByteOffset: written, as: UInt8.self)
                 k += 1
             } else {
-                out.append(c)
+                out.storeBytes(of: c, toByteOffset: written, as: UInt8.self)
             }
+            written += 1
             i = next(i)
         }
-        return out
+        return written
     }
 
     /// Whether `value` is exactly `h:` and 16 lowercase hex digits (a hash output).
@@ -161,18 +196,33 @@ public struct Masker: Sendable {
 
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
-    func hash(_ value: UnsafeRawBufferPointer) -> [UInt8] {
-        let code = HMAC<SHA256>.authenticationCode(for: value, using: hashKey)
-        var out: [UInt8] = [0x68, 0x3A]
-        out.reserveCapacity(18)
-        // 64 bits: collisions between distinct values of one column are negligible, and the
-        // token stays short enough to read in a result grid.
-        code.withUnsafeBytes { bytes in
-            for byte in bytes.prefix(8) {
-                out.append(Self.hexDigits[Int(byte >> 4)])
-                out.append(Self.hexDigits[Int(byte & 0x0F)])
+    /// The `h:` token of `value` into `out` (18 bytes).
+    func hash(_ value: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { code in
+            keyed.mac(value, into: code.baseAddress!)
+            out.storeBytes(of: 0x68, toByteOffset: 0, as: UInt8.self)
+            out.storeBytes(of: 0x3A, toByteOffset: 1, as: UInt8.self)
+            for index in 0..<8 {
+                out.storeBytes(of: Self.hexDigits[Int(code[index] >> 4)], toByteOffset: 2 + 2 * index, as: UInt8.self)
+                out.storeBytes(of: Self.hexDigits[Int(code[index] & 0x0F)], toByteOffset: 3 + 2 * index, as: UInt8.self)
             }
         }
-        return out
+    }
+
+    func hash(_ value: UnsafeRawBufferPointer) -> [UInt8] {
+        // 64 bits: collisions between distinct values of one column are negligible, and the
+        // token stays short enough to read in a result grid.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { code in
+            keyed.mac(value, into: code.baseAddress!)
+            return [UInt8](unsafeUninitializedCapacity: 18) { out, count in
+                out[0] = 0x68
+                out[1] = 0x3A
+                for index in 0..<8 {
+                    out[2 + 2 * index] = Self.hexDigits[Int(code[index] >> 4)]
+                    out[3 + 2 * index] = Self.hexDigits[Int(code[index] & 0x0F)]
+                }
+                count = 18
+            }
+        }
     }
 }

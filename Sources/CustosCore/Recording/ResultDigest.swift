@@ -8,40 +8,14 @@ import Crypto
 /// Each row is given in its canonical encoding: the column count (uint16), then per column its
 /// format code (int16), length (int32, -1 for NULL) and bytes, all big-endian.
 public struct ResultDigest: Sendable {
-    /// HMAC-SHA256 with the key's pads hashed once (per gateway, not per statement), so that a
-    /// row costs two hash finalizations.
-    public struct Keyed: Sendable {
-        private var inner = SHA256()
-        private var outer = SHA256()
-
-        public init(key: SymmetricKey) {
-            var block = [UInt8](repeating: 0, count: 64)
-            key.withUnsafeBytes { bytes in
-                if bytes.count > 64 {
-                    for (index, byte) in SHA256.hash(data: bytes).enumerated() { block[index] = byte }
-                } else {
-                    for (index, byte) in bytes.enumerated() { block[index] = byte }
-                }
-            }
-            inner.update(data: block.map { $0 ^ 0x36 })
-            outer.update(data: block.map { $0 ^ 0x5c })
-        }
-
-        /// A running HMAC: update the returned hasher, then finish it with ``finish(_:)``.
-        var start: SHA256 { inner }
-
-        func finish(_ running: SHA256) -> SHA256.Digest {
-            var outer = self.outer
-            running.finalize().withUnsafeBytes { outer.update(bufferPointer: $0) }
-            return outer.finalize()
-        }
-    }
+    /// The digest key, prepared once per gateway.
+    public typealias Keyed = KeyedHash
 
     static let orderedLabel = Array("custos.result.ordered.v1\n".utf8)
     static let multisetLabel = Array("custos.result.multiset.v1\n".utf8)
 
     private let keyed: Keyed
-    private var ordered: SHA256
+    private var ordered: KeyedHash.Running
     /// The multiset sum, as four 64-bit limbs, most significant first.
     private var sum: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     /// Rows digested so far.
@@ -53,15 +27,17 @@ public struct ResultDigest: Sendable {
 
     public init(keyed: Keyed) {
         self.keyed = keyed
-        ordered = keyed.start
-        ordered.update(data: Self.orderedLabel)
+        ordered = keyed.start()
+        ordered.update(Self.orderedLabel)
     }
 
     /// Adds one row in its canonical encoding.
     public mutating func add(row: UnsafeRawBufferPointer) {
         rows += 1
-        ordered.update(bufferPointer: row)
-        SHA256.hash(data: row).withUnsafeBytes { bytes in
+        ordered.update(row)
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { buffer in
+            KeyedHash.sha256(row, into: buffer.baseAddress!)
+            let bytes = UnsafeRawBufferPointer(buffer)
             func limb(_ offset: Int) -> UInt64 {
                 var value: UInt64 = 0
                 for index in offset..<offset + 8 { value = value << 8 | UInt64(bytes[index]) }
@@ -89,18 +65,18 @@ public struct ResultDigest: Sendable {
 
     /// The ordered digest (hex) of the rows added so far.
     public var orderedHex: String {
-        EventChain.hex(keyed.finish(ordered))
+        keyed.finishHex(ordered)
     }
 
     /// The multiset digest (hex): HMAC of the per-row SHA-256 digests summed modulo 2^256.
     public var multisetHex: String {
-        var hasher = keyed.start
-        hasher.update(data: Self.multisetLabel)
+        var hasher = keyed.start()
+        hasher.update(Self.multisetLabel)
         var total: [UInt8] = []
         for limb in [sum.0, sum.1, sum.2, sum.3] {
             for shift in stride(from: 56, through: 0, by: -8) { total.append(UInt8(truncatingIfNeeded: limb >> UInt64(shift))) }
         }
-        hasher.update(data: total)
-        return EventChain.hex(keyed.finish(hasher))
+        hasher.update(total)
+        return keyed.finishHex(hasher)
     }
 }

@@ -55,7 +55,7 @@ struct CopyPlan {
             }
             let column: RowPlan.Column =
                 redactAll || index >= columns.count
-                ? RowPlan.Column(name: "?", typeOID: 25, format: 0, typeClass: .text, action: .mask(.redact)) : columns[index]
+                ? RowPlan.Column(typeOID: 25, format: 0, typeClass: .text, action: .mask(.redact)) : columns[index]
             switch value.withUnsafeBytes({ values.mask($0, column: column) }) {
             case .keep:
                 output.append(value)

@@ -17,8 +17,8 @@ struct RowPlan {
         case text, json, jsonb, other
     }
 
+    /// Plain values only (no references), so the per-row loop copies columns without reference counting.
     struct Column {
-        var name: String
         var typeOID: UInt32
         var format: Int16
         var typeClass: TypeClass
@@ -26,10 +26,12 @@ struct RowPlan {
     }
 
     var columns: [Column]
+    /// The columns' names, as described (for the record).
+    var names: [String]
     /// False when every column is kept: rows pass untouched.
     var masks: Bool
 
-    static let empty = RowPlan(columns: [], masks: false)
+    static let empty = RowPlan(columns: [], names: [], masks: false)
 
     /// The plan for a RowDescription under `profile`; `table` gives a column's origin from the
     /// catalog (nil when the table could not be resolved: its columns are then redacted, failing closed).
@@ -57,15 +59,17 @@ struct RowPlan {
                 }
             }
             if action != .keep { masks = true }
-            return Column(name: column.name, typeOID: column.typeOID, format: column.format, typeClass: typeClass, action: action)
+            return Column(typeOID: column.typeOID, format: column.format, typeClass: typeClass, action: action)
         }
-        return RowPlan(columns: planned, masks: masks)
+        return RowPlan(columns: planned, names: columns.map(\.name), masks: masks)
     }
 
     /// A plan for unnamed columns of unknown type and format (no description reached Custos):
     /// every value becomes NULL, which any decoder accepts.
     static func unknown(count: Int) -> RowPlan {
-        RowPlan(columns: Array(repeating: Column(name: "?", typeOID: 0, format: 1, typeClass: .other, action: .mask(.null)), count: count), masks: true)
+        RowPlan(
+            columns: Array(repeating: Column(typeOID: 0, format: 1, typeClass: .other, action: .mask(.null)), count: count),
+            names: Array(repeating: "?", count: count), masks: true)
     }
 
     static func typeClass(_ oid: UInt32, format: Int16) -> TypeClass {

@@ -346,11 +346,16 @@ extension ClientSession: BackendDelegate {
         }
         guard prepareResult(frame) else { return }
         var frame = frame
+        var batched = false
         let (disposition, cancel) = tracker.check(frame.type, frame: frame)
         if cancel { cancelBackendQuery() }
         switch disposition {
         case .forward:
-            if let masked = maskResult(frame) { frame = masked }
+            switch maskResult(frame) {
+            case .unchanged: break
+            case .replaced(let masked): frame = masked
+            case .batched: batched = true
+            }
             if isClosed { return }
         case .drop: return
         case .replace(let error):
@@ -373,7 +378,7 @@ extension ClientSession: BackendDelegate {
             } else {
                 send(.readyForQuery(.failed), flush: false)  // the backend's block is healthy; the client's is not
             }
-        } else {
+        } else if !batched {
             writeToClient(frame.raw)
         }
         apply(effects)

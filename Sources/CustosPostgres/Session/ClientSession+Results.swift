@@ -1,12 +1,20 @@
 import CustosCore
 import NIOCore
 
-/// The result set being streamed, found once for its first row.
-struct RowContext {
-    var number: Int
-    var plan: RowPlan
-    var capture: ResultCapture?
-    var values: ValueMasker
+/// The result set being streamed, found once for its first row. A class: taking it for each row
+/// costs one reference, not one per member.
+final class RowContext {
+    let number: Int
+    let plan: RowPlan
+    let capture: ResultCapture?
+    let values: ValueMasker
+
+    init(number: Int, plan: RowPlan, capture: ResultCapture?, values: ValueMasker) {
+        self.number = number
+        self.plan = plan
+        self.capture = capture
+        self.values = values
+    }
 }
 
 /// Masking and capture of what the backend returns: every RowDescription becomes a ``RowPlan``
@@ -123,28 +131,39 @@ extension ClientSession {
         if pausedFrames == nil { backendReadComplete() }
     }
 
-    /// Masks and captures a backend message about to reach the client; nil when it goes as is.
-    func maskResult(_ frame: PostgresFrame) -> PostgresFrame? {
+    /// What became of a backend message on its way to the client.
+    enum Masked {
+        case unchanged
+        case replaced(PostgresFrame)
+        /// Rewritten into the client batch (``ClientSession/clientBatch``): nothing more to send.
+        case batched
+    }
+
+    /// Masks and captures a backend message about to reach the client.
+    func maskResult(_ frame: PostgresFrame) -> Masked {
         switch frame.type {
         case UInt8(ascii: "D"):
             if rowContext == nil {
-                guard let context = makeRowContext(frame) else { return nil }
+                guard let context = makeRowContext(frame) else { return .unchanged }
                 rowContext = context
             }
             let current = rowContext!
-            let rewritten: ByteBuffer?
             do {
-                rewritten = try DataRowMasking.process(
-                    frame, plan: current.plan, values: current.values, capture: current.capture, scratch: &rowScratch,
-                    allocator: context.channel.allocator)
+                let rewritten = try DataRowMasking.process(
+                    frame, plan: current.plan, values: current.values, capture: current.capture, scratch: rowScratch, into: &clientBatch)
+                if rewritten {
+                    clientNeedsFlush = true
+                    if clientBatch.readableBytes >= 64 * 1024 { emitClientBatch() }
+                    return .batched
+                }
+                return .unchanged
             } catch {
                 // Never forward a row that could not be read (and so not masked).
                 terminate(sqlstate: "08P01", message: "the backend sent a malformed row", outcome: "error", reason: "malformed DataRow from backend")
-                return nil
+                return .unchanged
             }
-            return rewritten.map { PostgresFrame(type: UInt8(ascii: "D"), body: $0.getSlice(at: $0.readerIndex + 5, length: $0.readableBytes - 5)!, raw: $0) }
         case UInt8(ascii: "d"):
-            guard let number = tracker.headStatement?.number else { return nil }
+            guard let number = tracker.headStatement?.number else { return .unchanged }
             let row = Array(frame.body.readableBytesView)
             let format = Int16(copyPlan?.info.format == .binary ? 1 : 0)
             var encoded: [UInt8] = []
@@ -157,34 +176,34 @@ extension ClientSession {
             if captures[number]?.wantsSample == true {
                 captures[number]?.sample.append([String(decoding: masked ?? row, as: UTF8.self)])
             }
-            guard let masked else { return nil }
+            guard let masked else { return .unchanged }
             var body = context.channel.allocator.buffer(capacity: masked.count)
             body.writeBytes(masked)
-            return PostgresFrame(type: UInt8(ascii: "d"), body: body)
+            return .replaced(PostgresFrame(type: UInt8(ascii: "d"), body: body))
         case UInt8(ascii: "c"):
             copyPlan = nil
-            return nil
+            return .unchanged
         case UInt8(ascii: "C"), UInt8(ascii: "s"), UInt8(ascii: "I"), UInt8(ascii: "T"), UInt8(ascii: "n"):
             rowContext = nil  // the result set ends (or a new one begins)
-            return nil
+            return .unchanged
         case UInt8(ascii: "E"), UInt8(ascii: "N"):
             if frame.type == UInt8(ascii: "E") { rowContext = nil }
-            guard !maskingProfile.isEmpty, let message = try? BackendMessage.decode(frame) else { return nil }
+            guard !maskingProfile.isEmpty, let message = try? BackendMessage.decode(frame) else { return .unchanged }
             let fields: ErrorFields
             switch message {
             case .errorResponse(let f), .noticeResponse(let f): fields = f
-            default: return nil
+            default: return .unchanged
             }
-            guard let masked = ErrorMasking.mask(fields, profile: maskingProfile, masker: gateway.masker) else { return nil }
+            guard let masked = ErrorMasking.mask(fields, profile: maskingProfile, masker: gateway.masker) else { return .unchanged }
             var buffer = context.channel.allocator.buffer(capacity: frame.raw.readableBytes + 32)
             (frame.type == UInt8(ascii: "E") ? BackendMessage.errorResponse(masked) : .noticeResponse(masked)).encode(into: &buffer)
-            return PostgresFrame(type: frame.type, body: buffer.getSlice(at: buffer.readerIndex + 5, length: buffer.readableBytes - 5)!, raw: buffer)
+            return .replaced(PostgresFrame(type: frame.type, body: buffer.getSlice(at: buffer.readerIndex + 5, length: buffer.readableBytes - 5)!, raw: buffer))
         case UInt8(ascii: "Z"):
             queryPlan = nil
             rowContext = nil
-            return nil
+            return .unchanged
         default:
-            return nil
+            return .unchanged
         }
     }
 

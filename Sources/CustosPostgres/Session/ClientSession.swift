@@ -81,7 +81,10 @@ final class ClientSession: ChannelInboundHandler {
     var rowContext: RowContext?
     /// Backend frames parked while the catalog answers.
     var pausedFrames: CircularBuffer<PostgresFrame>?
-    var rowScratch: [UInt8] = []
+    let rowScratch = RowScratch()
+    /// Rewritten (masked) rows waiting to be written, so that many rows cost one write; sent
+    /// before anything else goes to the client, and at every flush.
+    var clientBatch = ByteBuffer()
     /// Literal uses by statement text, for recording statements that touch masked columns.
     var literalUseCache: [String: [LiteralUse]] = [:]
     var backendWritable = true
@@ -477,11 +480,20 @@ final class ClientSession: ChannelInboundHandler {
     }
 
     func writeToClient(_ bytes: ByteBuffer) {
+        emitClientBatch()
         context.write(wrapOutboundOut(bytes), promise: nil)
         clientNeedsFlush = true
     }
 
+    func emitClientBatch() {
+        guard clientBatch.readableBytes > 0 else { return }
+        context.write(wrapOutboundOut(clientBatch), promise: nil)
+        clientBatch = context.channel.allocator.buffer(capacity: 16 * 1024)
+        clientNeedsFlush = true
+    }
+
     func flushClient() {
+        emitClientBatch()
         if clientNeedsFlush {
             clientNeedsFlush = false
             context.flush()
