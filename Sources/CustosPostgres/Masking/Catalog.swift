@@ -65,7 +65,8 @@ final class Catalog: Sendable {
             .parse(.init(statement: "", query: sql, parameterTypes: [])), .describe(.init(kind: UInt8(ascii: "S"), name: "")), .sync,
         ]
         return connection(on: eventLoop).run(messages).flatMapThrowing { reply in
-            if let error = reply.error { throw CatalogError(reason: "describe failed: \(error.sqlstate ?? "?") \(error.message ?? "")") }
+            // The message may quote the client's query (and its data): only the SQLSTATE is kept.
+            if let error = reply.error { throw CatalogError(reason: "describe failed with SQLSTATE \(error.sqlstate ?? "?")") }
             return reply.columns
         }.hop(to: eventLoop)
     }

@@ -321,6 +321,11 @@ extension ClientSession: BackendDelegate {
         if let error, let masked = ErrorMasking.mask(error, profile: maskingProfile, masker: gateway.masker) {
             outcome.errorMessage = masked.message
         }
+        // As for statement text: secrets never reach the record, whatever the identity's masking.
+        if let message = outcome.errorMessage {
+            let (masked, changed) = gateway.masker.maskDetected(message, strategies: [.secret: .redact])
+            if changed { outcome.errorMessage = masked ?? "[redacted]" }
+        }
         gateway.recorder.appendLater(events.result(number: statement.number, outcome: outcome))
     }
 
