@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
     ],
     targets: [
         // Identity, Gate, Recorder, events: no NIO, no I/O.
@@ -61,11 +62,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The admin HTTP API (Hummingbird): approvals.
+        .target(
+            name: "CustosAdmin",
+            dependencies: [
+                "CustosCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Composition root: configuration, JWKS fetching, services.
         .target(
             name: "CustosServer",
             dependencies: [
-                "CustosCore", "CustosPostgres", "CustosStore", "CustosSQL",
+                "CustosCore", "CustosPostgres", "CustosStore", "CustosSQL", "CustosAdmin",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -86,8 +97,9 @@ let package = Package(
         .executableTarget(
             name: "custos",
             dependencies: [
-                "CustosServer", "CustosStore", "CustosCore", "CustosSQL",
+                "CustosServer", "CustosStore", "CustosCore", "CustosSQL", "CustosAdmin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -101,6 +113,17 @@ let package = Package(
         ),
         .testTarget(name: "CustosStoreTests", dependencies: ["CustosStore", "CustosCore"], swiftSettings: swiftSettings),
         .testTarget(name: "CustosServerTests", dependencies: ["CustosServer"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "CustosAdminTests",
+            dependencies: [
+                "CustosAdmin", "CustosCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "CustosSQLTests", dependencies: ["CustosSQL", "CustosCore"], swiftSettings: swiftSettings),
     ]
 )

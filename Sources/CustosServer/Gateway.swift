@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CustosAdmin
 import CustosCore
 import CustosPostgres
 import CustosSQL
@@ -21,8 +22,11 @@ public final class Gateway: Service {
     let group: MultiThreadedEventLoopGroup
     /// The Gate every session consults; its policy is replaced on SIGHUP.
     public let gate: Gate
+    /// Statements held for a person's decision, and their passes.
+    public let approvals: ApprovalBook
     /// Where the configuration was read from (SIGHUP re-reads its policy); nil when built in memory.
     let configPath: String?
+    let verifier: TokenVerifier
 
     /// Builds every part; fails with a ``ConfigError`` naming the key when a secret or file is unusable.
     public init(config: CustosConfig, configPath: String? = nil, logger: Logger) throws {
@@ -81,8 +85,30 @@ public final class Gateway: Service {
             endSessionOnExpiry: config.identity.endSessionOnExpiry, clockSkew: .milliseconds(Int64(config.identity.clockSkew * 1000)),
             recordingMode: config.recording.mode, digestKey: digest.key, maskingKey: masking.key, sampleRows: config.recording.sampleRows)
         self.gate = Gate(policy: config.policy ?? .denyAll, analyzer: PostgresAnalyzer())
-        self.postgres = PostgresGateway(settings: settings, targets: targets, gate: gate, verifier: verifier, recorder: writer, logger: logger)
+        let notifier = WebhookNotifier(urls: config.approvals.webhooks, logger: logger)
+        let loaded: [Approval]
+        do {
+            // Pending approvals (and unused passes) outlive a restart.
+            loaded = try store.approvals(status: [.pending, .approved])
+        } catch {
+            throw ConfigError(key: "recording.store", problem: "cannot read approvals: \(error)")
+        }
+        self.approvals = ApprovalBook(recorder: writer, loaded: loaded, notify: { notifier.notify($0) })
+        self.postgres = PostgresGateway(
+            settings: settings, targets: targets, gate: gate, verifier: verifier, recorder: writer, approvals: approvals, logger: logger)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        self.verifier = verifier
+    }
+
+    /// The admin API, when configured: approvals over HTTP, with the same token checks.
+    private func adminApplication() -> (any Service)? {
+        guard let admin = config.admin else { return nil }
+        var roles: [AdminRole: [String]] = [:]
+        for (name, groups) in admin.roles { if let role = AdminRole(rawValue: name) { roles[role] = groups } }
+        let settings = AdminSettings(host: admin.host, port: admin.port, roles: roles)
+        return AdminAPI.application(settings: settings, verifier: verifier, approvals: approvals, logger: logger) { port in
+            FileHandle.standardError.write(Data("custos: admin API listening on \(admin.host):\(port)\n".utf8))
+        }
     }
 
     /// Re-reads the policy on SIGHUP. Sessions keep running; a policy that fails validation is
@@ -118,6 +144,26 @@ public final class Gateway: Service {
             "listening", metadata: ["address": "\(address.map { "\($0)" } ?? "?")", "writer": "\(writer.writerID)", "policy": "\(gate.policy.version)"])
         let reload = installReloadHandler()
         defer { reload?.cancel() }
+        // The admin API runs beside the listener and stops with it.
+        let adminTask = adminApplication().map { app in
+            Task {
+                do {
+                    try await app.run()
+                } catch {
+                    self.logger.error("admin API stopped", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        defer { adminTask?.cancel() }
+        // Approvals past their TTL expire (recorded) even when nobody asks about them.
+        let approvals = self.approvals
+        let sweeper = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(2))
+                approvals.sweep()
+            }
+        }
+        defer { sweeper.cancel() }
         await withGracefulShutdownHandler {
             try? await listener.closeFuture.get()
         } onGracefulShutdown: {

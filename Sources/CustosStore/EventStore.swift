@@ -71,7 +71,35 @@ public final class EventStore: Sendable {
                     CREATE INDEX sessions_email ON sessions (email);
                     """)
         }
+        migrator.registerMigration("v2-approvals") { db in
+            // The latest state of each approval, written with the event that changed it.
+            try db.execute(
+                sql: """
+                    CREATE TABLE approvals (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        status TEXT NOT NULL,
+                        created_at TEXT NOT NULL,
+                        body TEXT NOT NULL
+                    );
+                    CREATE INDEX approvals_status ON approvals (status, created_at);
+                    """)
+        }
         return migrator
+    }
+
+    /// Approvals in the given states (all when empty), newest first.
+    public func approvals(status: [Approval.Status] = []) throws -> [Approval] {
+        try database.read { db in
+            let rows: [String]
+            if status.isEmpty {
+                rows = try String.fetchAll(db, sql: "SELECT body FROM approvals ORDER BY created_at DESC")
+            } else {
+                let marks = status.map { _ in "?" }.joined(separator: ",")
+                rows = try String.fetchAll(
+                    db, sql: "SELECT body FROM approvals WHERE status IN (\(marks)) ORDER BY created_at DESC", arguments: StatementArguments(status.map(\.rawValue)))
+            }
+            return try rows.map { try JSONDecoder().decode(Approval.self, from: Data($0.utf8)) }
+        }
     }
 
     /// Checkpoints the WAL into the database file and closes it (at shutdown, after the writer).
@@ -110,11 +138,16 @@ public final class EventStore: Sendable {
     }
 
     /// Inserts sealed events and their index updates in one transaction.
-    func insert(_ batch: [(Event, SessionIndexUpdate?)]) throws {
+    func insert(_ batch: [(Event, SessionIndexUpdate?, Approval?)]) throws {
         try database.write { db in
             let insertEvent = try db.cachedStatement(
                 sql: "INSERT INTO events (writer_id, seq, at, session_id, kind, payload, payload_hash, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)")
-            for (event, index) in batch {
+            for (event, index, approval) in batch {
+                if let approval {
+                    let body = String(decoding: try JSONEncoder().encode(approval), as: UTF8.self)
+                    try db.cachedStatement(sql: "INSERT OR REPLACE INTO approvals (id, status, created_at, body) VALUES (?,?,?,?)")
+                        .execute(arguments: [approval.id, approval.status.rawValue, approval.createdAt, body])
+                }
                 try insertEvent.execute(arguments: [
                     event.writerID, event.seq, event.at, event.sessionID, event.kind, event.payload, event.payloadHash, event.prevHash, event.hash,
                 ])

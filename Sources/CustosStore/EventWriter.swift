@@ -44,7 +44,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         let head = try store.head(writerID: writerID)
         self.seq = head?.seq ?? 0
         self.lastHash = head?.hash ?? EventChain.genesis
-        let thread = Thread { [unowned self] in self.run() }
+        // The thread keeps the writer alive until `stop()`: a writer dropped without stopping (a
+        // gateway whose set-up failed later) must not leave its thread reading freed memory.
+        let thread = Thread { [self] in self.run() }
         thread.name = "custos-event-writer"
         self.thread = thread
         thread.start()
@@ -119,13 +121,13 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private func commit(_ batch: [(EventDraft, Completion?)]) {
         var seq = self.seq
         var lastHash = self.lastHash
-        var sealed: [(Event, SessionIndexUpdate?)] = []
+        var sealed: [(Event, SessionIndexUpdate?, Approval?)] = []
         sealed.reserveCapacity(batch.count)
         for (draft, _) in batch {
             seq += 1
             let event = EventChain.seal(draft, writerID: writerID, seq: seq, prevHash: lastHash)
             lastHash = event.hash
-            sealed.append((event, draft.index))
+            sealed.append((event, draft.index, draft.approval))
         }
         let result: Result<Void, RecorderError>
         do {

@@ -60,6 +60,10 @@ public struct Decision: Sendable, Equatable {
     public var limits: Limits
     /// The SQLSTATE a refused client gets (42501 for policy, 53400 for a rate limit).
     public var sqlstate: String
+    /// For a `review` verdict: who approves and how long to hold.
+    public var review: ReviewSettings?
+    /// The approval that released this statement (a one-time pass).
+    public var approval: String?
 
     public init(verdict: Verdict, message: String? = nil, rule: String? = nil, policy: String? = nil, limits: Limits = Limits(), sqlstate: String = "42501") {
         self.verdict = verdict

@@ -55,12 +55,15 @@ public struct PolicyRule: Sendable, Equatable {
     /// What a refused client sees (deny and review).
     public var message: String?
     public var limits: Limits
+    /// For `review` rules: who approves, and how long the statement and its pass wait.
+    public var review: ReviewSettings
 
     public init(
         name: String, subjects: [String]? = nil, groups: [String]? = nil, connections: [String]? = nil, kinds: [String]? = nil,
         flags: Set<StatementInfo.Flag>? = nil, tables: [String]? = nil, functions: [String]? = nil, readOnly: Bool? = nil,
-        time: TimeWindow? = nil, verdict: Verdict, message: String? = nil, limits: Limits = Limits()
+        time: TimeWindow? = nil, verdict: Verdict, message: String? = nil, limits: Limits = Limits(), review: ReviewSettings = ReviewSettings()
     ) {
+        self.review = review
         self.name = name
         self.subjects = subjects
         self.groups = groups
@@ -78,11 +81,45 @@ public struct PolicyRule: Sendable, Equatable {
 
     var canonical: CanonicalJSON {
         func list(_ values: [String]?) -> CanonicalJSON { values.map { .array($0.map(CanonicalJSON.string)) } ?? .null }
-        return [
+        var canonical: CanonicalJSON = [
             "name": .string(name), "subjects": list(subjects), "groups": list(groups), "connections": list(connections),
             "kinds": list(kinds), "flags": list(flags.map { $0.map(\.rawValue).sorted() }), "tables": list(tables),
             "functions": list(functions), "read_only": readOnly.map(CanonicalJSON.bool) ?? .null, "time": time?.canonical ?? .null,
             "action": .string(verdict.rawValue), "message": .optional(message), "limits": limits.canonical,
+        ]
+        // Rules without approvers keep the version they had before approvals existed.
+        if case .object(var fields) = canonical, !review.approvers.isEmpty {
+            fields["review"] = review.canonical
+            canonical = .object(fields)
+        }
+        return canonical
+    }
+}
+
+/// How a `review` rule's statements are decided: by members of `approvers` (never the
+/// requester), `required` of them, while the statement is held up to `holdTimeout`; an approval
+/// stays usable as a one-time pass until `ttl` after it was requested.
+public struct ReviewSettings: Sendable, Equatable {
+    /// Groups whose members may approve; none means the rule refuses at once (nobody could approve).
+    public var approvers: [String]
+    public var required: Int
+    public var holdTimeout: Duration
+    public var ttl: Duration
+
+    public init(approvers: [String] = [], required: Int = 1, holdTimeout: Duration = .seconds(60), ttl: Duration = .seconds(3600)) {
+        self.approvers = approvers
+        self.required = required
+        self.holdTimeout = holdTimeout
+        self.ttl = ttl
+    }
+
+    var canonical: CanonicalJSON {
+        func milliseconds(_ duration: Duration) -> CanonicalJSON {
+            .int(Int64(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))
+        }
+        return [
+            "approvers": .array(approvers.map(CanonicalJSON.string)), "required": .int(Int64(required)),
+            "hold_timeout_ms": milliseconds(holdTimeout), "ttl_ms": milliseconds(ttl),
         ]
     }
 }

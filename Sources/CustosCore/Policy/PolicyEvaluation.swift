@@ -41,9 +41,11 @@ extension Policy {
             case .deny:
                 return Decision(verdict: .deny, message: rule.message ?? "denied by policy rule \"\(rule.name)\"", rule: rule.name, policy: version)
             case .review:
-                return Decision(
+                var decision = Decision(
                     verdict: .review, message: rule.message ?? "this statement requires approval (policy rule \"\(rule.name)\")", rule: rule.name,
                     policy: version)
+                decision.review = rule.review
+                return decision
             }
         }
         return Decision(verdict: .deny, message: defaultMessage, rule: "default", policy: version)

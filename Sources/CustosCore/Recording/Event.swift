@@ -14,13 +14,17 @@ public struct EventDraft: Sendable {
     public var payload: CanonicalJSON
     /// How the session index (the searchable projection of sessions) changes with this event.
     public var index: SessionIndexUpdate?
+    /// For approval events: the approval's state after the event, kept by the store so that
+    /// approvals outlive a restart.
+    public var approval: Approval?
 
-    public init(kind: EventKind, sessionID: String, at: Date = Date(), payload: CanonicalJSON, index: SessionIndexUpdate? = nil) {
+    public init(kind: EventKind, sessionID: String, at: Date = Date(), payload: CanonicalJSON, index: SessionIndexUpdate? = nil, approval: Approval? = nil) {
         self.kind = kind
         self.sessionID = sessionID
         self.at = at
         self.payload = payload
         self.index = index
+        self.approval = approval
     }
 }
 
@@ -31,6 +35,10 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case statement = "statement"
     case result = "result"
     case sessionClose = "session.close"
+    case approvalRequested = "approval.requested"
+    case approvalDecided = "approval.decided"
+    case approvalExpired = "approval.expired"
+    case approvalUsed = "approval.used"
 }
 
 /// A committed, hash-chained event as stored.

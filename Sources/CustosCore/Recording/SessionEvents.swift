@@ -185,11 +185,14 @@ public struct SessionEvents: Sendable {
     }
 
     static func decision(_ decision: Decision) -> CanonicalJSON {
-        [
+        var fields: [String: CanonicalJSON] = [
             "verdict": .string(decision.verdict.rawValue),
             "rule": .optional(decision.rule),
             "policy": .optional(decision.policy),
             "message": .optional(decision.message),
         ]
+        // Only a statement released by an approval names it.
+        if let approval = decision.approval { fields["approval"] = .string(approval) }
+        return .object(fields)
     }
 }

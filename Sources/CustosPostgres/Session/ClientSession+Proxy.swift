@@ -21,8 +21,8 @@ struct Prepared {
 /// A statement parked until its decision and write-ahead commit complete. While one is held the
 /// session reads nothing more from the client, and what was already read queues behind it.
 struct HeldStatement {
-    /// What the statement is waiting for. The Gate answers synchronously today, so a statement
-    /// passes through `awaitingDecision` at once; an approval (a later issue) will park it there.
+    /// What the statement is waiting for: a person's decision (an approval), then its
+    /// write-ahead commit. A statement the policy allows passes `awaitingDecision` at once.
     enum Stage: Equatable {
         case awaitingDecision
         case awaitingCommit
@@ -32,6 +32,8 @@ struct HeldStatement {
     var frame: PostgresFrame
     var statement: ResponseTracker.Statement?
     var action: ResponseTracker.Expectation?
+    /// While awaiting a person's decision: the approval, its hold timer and decision callback.
+    var approval: (id: String, timer: Scheduled<Void>?, waiter: Int?)?
 }
 
 extension ClientSession: BackendDelegate {
@@ -157,7 +159,24 @@ extension ClientSession: BackendDelegate {
         held = nil
         statementCount += 1
         maskingProfile = gateway.gate.masking(for: identity, on: target.connection)
-        let draft = events.statement(number: statementCount, action: action, decision: decision, recorded: recordedForm(of: action))
+        var heldFor: ReviewSettings?
+        if decision.verdict == .review, let review = decision.review, !review.approvers.isEmpty, let approvals = gateway.approvals {
+            let fingerprint = Approval.fingerprint(text: action.text, parameters: action.parameters)
+            if let pass = approvals.takePass(for: identity, connection: target.connection.name, fingerprint: fingerprint, sessionID: events.sessionID) {
+                // Approved earlier, for exactly this statement: it runs, once.
+                var released = Decision(verdict: .allow, rule: decision.rule, policy: decision.policy)
+                released.approval = pass.id
+                decision = released
+            } else {
+                heldFor = review
+            }
+        }
+        let recorded = recordedForm(of: action)
+        let draft = events.statement(number: statementCount, action: action, decision: decision, recorded: recorded)
+        if let review = heldFor {
+            let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
+            return holdForApproval(frame, action: action, recorded: recorded, decision: decision, review: review, draft: draft, pending: (statement, expectation(statement)))
+        }
         if decision.verdict == .allow, let refusal = planCopies(action) {
             gateway.recorder.appendLater(draft)
             return refuseStatement(refusal, simple: simple)
@@ -167,7 +186,7 @@ extension ClientSession: BackendDelegate {
             let message = decision.message ?? (decision.verdict == .review ? "statement requires approval" : "statement denied by policy")
             var error = ErrorFields(severity: "ERROR", sqlstate: decision.sqlstate, message: message)
             if decision.verdict == .review {
-                error.fields.append((UInt8(ascii: "H"), "ask an approver; until approvals are available a review rule refuses the statement"))
+                error.fields.append((UInt8(ascii: "H"), "the policy rule names no approvers, so nobody can approve this statement"))
             }
             return refuseStatement(error, simple: simple)
         }
@@ -204,14 +223,14 @@ extension ClientSession: BackendDelegate {
     }
 
     /// Answers a statement in the backend's place, in order with the responses still due.
-    private func refuseStatement(_ error: ErrorFields, simple: Bool) {
+    func refuseStatement(_ error: ErrorFields, simple: Bool) {
         var effects: [ResponseTracker.Effect] = []
         tracker.expect(.refusal(error, readyForQuery: simple), effects: &effects)
         if !simple { skippingUntilSync = true }
         apply(effects)
     }
 
-    private func forward(_ frame: PostgresFrame, expecting expectation: ResponseTracker.Expectation?) {
+    func forward(_ frame: PostgresFrame, expecting expectation: ResponseTracker.Expectation?) {
         if var expectation {
             switch expectation {
             case .execute(var statement):

@@ -437,6 +437,7 @@ final class ClientSession: ChannelInboundHandler {
             for statement in tracker.unfinished() {
                 recordResult(statement, error: ErrorFields(severity: "ERROR", sqlstate: sqlstate ?? "08006", message: "session ended before the statement completed"))
             }
+            dropApprovalHold()
             if let parked = held?.statement {
                 recordResult(parked, error: ErrorFields(severity: "ERROR", sqlstate: sqlstate ?? "08006", message: "session ended before the statement was forwarded"))
             }

@@ -58,6 +58,8 @@ public final class PostgresGateway: Sendable {
     public let verifier: TokenVerifier
     public let recorder: any Recorder
     public let logger: Logger
+    /// Held statements and their approvals; nil when approvals are not set up (then a review rule refuses).
+    public let approvals: ApprovalBook?
     let masker: Masker
     let digestKey: ResultDigest.Keyed
     let recordMasking: RecordMasking
@@ -66,7 +68,11 @@ public final class PostgresGateway: Sendable {
     let cancelKeys = CancelRegistry()
     let liveSessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<ClientSession>]>([:])
 
-    public init(settings: Settings, targets: [String: PostgresTarget], gate: any GateProtocol, verifier: TokenVerifier, recorder: any Recorder, logger: Logger) {
+    public init(
+        settings: Settings, targets: [String: PostgresTarget], gate: any GateProtocol, verifier: TokenVerifier, recorder: any Recorder,
+        approvals: ApprovalBook? = nil, logger: Logger
+    ) {
+        self.approvals = approvals
         self.settings = settings
         self.targets = targets
         self.gate = gate

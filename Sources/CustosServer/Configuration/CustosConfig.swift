@@ -54,6 +54,20 @@ public struct CustosConfig: Sendable {
         public var sampleRows: Int
     }
 
+    /// The admin HTTP API: where it listens and which groups hold which role.
+    public struct Admin: Sendable {
+        public var host: String
+        public var port: Int
+        /// `approver`, `auditor`, `admin` → groups.
+        public var roles: [String: [String]]
+    }
+
+    /// Held statements: who is told.
+    public struct Approvals: Sendable {
+        /// Webhook URLs that receive a JSON payload when an approval is requested and decided.
+        public var webhooks: [String]
+    }
+
     /// Files holding the gateway's secrets: 32 random bytes each, created (mode 0600) on first start.
     public struct Keys: Sendable {
         /// Keys the HMAC-SHA256 digests of raw results.
@@ -67,6 +81,9 @@ public struct CustosConfig: Sendable {
     public var connections: [Connection]
     public var recording: Recording
     public var keys: Keys
+    /// The admin HTTP API; nil when the file has no `admin` section.
+    public var admin: Admin?
+    public var approvals: Approvals
     public var logLevel: String
     /// The statement policy; nil when the file has no `policy` section.
     public var policy: Policy?
@@ -150,6 +167,30 @@ public struct CustosConfig: Sendable {
             maskingFile: try keysReader.optionalString("masking_file").map(resolve) ?? beside("custos-masking.key"))
         try keysReader.finish()
 
+        var admin: Admin?
+        if root.raw("admin") != nil {
+            var adminReader = try root.child("admin")
+            var rolesReader = try adminReader.child("roles")
+            var roles: [String: [String]] = [:]
+            for role in ["approver", "auditor", "admin"] {
+                if let groups = try rolesReader.stringList(role) { roles[role] = groups }
+            }
+            try rolesReader.finish()
+            admin = Admin(
+                host: try adminReader.string("host", default: "127.0.0.1"), port: try adminReader.int("port", default: 6480, range: 0...65535),
+                roles: roles)
+            try adminReader.finish()
+        }
+        var approvalsReader = try root.child("approvals")
+        var webhooks: [String] = []
+        for (index, url) in (try approvalsReader.stringList("webhooks") ?? []).enumerated() {
+            guard let parsed = URL(string: url), let scheme = parsed.scheme, ["http", "https"].contains(scheme), parsed.host != nil else {
+                throw ConfigError(key: "approvals.webhooks[\(index)]", problem: "expected an http(s) URL")
+            }
+            webhooks.append(url)
+        }
+        try approvalsReader.finish()
+
         var loggingReader = try root.child("logging")
         let level = try loggingReader.string("level", default: "info")
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
@@ -159,7 +200,7 @@ public struct CustosConfig: Sendable {
         let policy = try PolicyConfig.parse(root.raw("policy"))
         try root.finish()
         return CustosConfig(
-            listen: listen, identity: identity, connections: connections, recording: recording, keys: keys, logLevel: level, policy: policy,
+            listen: listen, identity: identity, connections: connections, recording: recording, keys: keys, admin: admin, approvals: Approvals(webhooks: webhooks), logLevel: level, policy: policy,
             baseDirectory: baseDirectory)
     }
 

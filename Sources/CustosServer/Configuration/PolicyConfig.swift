@@ -125,13 +125,34 @@ enum PolicyConfig {
             flags: flags, tables: try nonEmpty(match.stringList("tables"), match.key("tables")),
             functions: try nonEmpty(match.stringList("functions"), match.key("functions")).map { $0.map { $0.lowercased() } },
             readOnly: readOnlyValue as? Bool, time: try parseTime(match.raw("time"), path: match.key("time")),
-            verdict: verdict, message: try reader.optionalString("message"), limits: try parseLimits(reader.raw("limits"), path: reader.key("limits")))
+            verdict: verdict, message: try reader.optionalString("message"), limits: try parseLimits(reader.raw("limits"), path: reader.key("limits")),
+            review: try parseReview(&reader, verdict: verdict))
         try match.finish()
         try reader.finish()
         if verdict != .allow, rule.limits != Limits() {
             throw ConfigError(key: reader.key("limits"), problem: "limits apply only to allow rules")
         }
         return rule
+    }
+
+    /// `approvers`, `required_approvals`, `hold_timeout`, `approval_ttl`: on review rules only.
+    private static func parseReview(_ reader: inout ConfigReader, verdict: PolicyRule.Verdict) throws(ConfigError) -> ReviewSettings {
+        let keys = ["approvers", "required_approvals", "hold_timeout", "approval_ttl"]
+        if verdict != .review, let key = keys.first(where: { reader.values[$0] != nil }) {
+            throw ConfigError(key: reader.key(key), problem: "applies only to review rules")
+        }
+        var review = ReviewSettings()
+        review.approvers = try nonEmpty(reader.stringList("approvers"), reader.key("approvers")) ?? []
+        review.required = try reader.int("required_approvals", default: 1, range: 1...100)
+        let hold = try reader.duration("hold_timeout", default: 60)
+        guard hold > 0, hold <= 3600 else { throw ConfigError(key: reader.key("hold_timeout"), problem: "between 1s and 1h") }
+        review.holdTimeout = .milliseconds(Int64(hold * 1000))
+        let ttl = try reader.duration("approval_ttl", default: 3600)
+        guard ttl >= hold, ttl <= 30 * 86_400 else {
+            throw ConfigError(key: reader.key("approval_ttl"), problem: "at least the hold timeout and at most 30d")
+        }
+        review.ttl = .milliseconds(Int64(ttl * 1000))
+        return review
     }
 
     private static func nonEmpty(_ list: [String]?, _ key: String) throws(ConfigError) -> [String]? {

@@ -1,0 +1,115 @@
+import CustosCore
+import Foundation
+import NIOCore
+
+/// Statements a `review` rule holds for a person's decision. The client's ordinary driver just
+/// waits: it gets a NoticeResponse naming the approval, then the statement's result (approved),
+/// or an error (denied, or still pending when the hold timeout passes). Everything the client
+/// sent after the statement queues behind it.
+extension ClientSession {
+    func holdForApproval(
+        _ frame: PostgresFrame, action: Action, recorded: SessionEvents.RecordedStatement, decision: Decision, review: ReviewSettings, draft: EventDraft,
+        pending: (statement: ResponseTracker.Statement, expectation: ResponseTracker.Expectation)
+    ) {
+        guard let identity, let target, let approvals = gateway.approvals else { return }
+        let approval = Approval(
+            requester: identity, connection: target.connection.name, sessionID: events.sessionID, text: recorded.text, parameters: recorded.parameters,
+            fingerprint: Approval.fingerprint(text: action.text, parameters: action.parameters), rule: decision.rule ?? "?",
+            approverGroups: review.approvers, required: review.required, createdAt: Date(), ttl: Self.seconds(review.ttl))
+        // The statement's event (verdict review) goes first; the request's prompt commit carries it.
+        gateway.recorder.appendLater(draft)
+        held = HeldStatement(stage: .awaitingDecision, frame: frame, statement: pending.statement, action: pending.expectation, approval: (approval.id, nil, nil))
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        approvals.request(approval) { result in
+            loop.execute { bound.value.approvalRequested(result, review: review, simple: frame.type == UInt8(ascii: "Q")) }
+        }
+    }
+
+    private func approvalRequested(_ result: Result<Approval, RecorderError>, review: ReviewSettings, simple: Bool) {
+        guard !isClosed, var parked = held, let id = parked.approval?.id else { return }
+        guard case .success(let approval) = result, let approvals = gateway.approvals else {
+            held = nil
+            refuseStatement(
+                ErrorFields(severity: "ERROR", sqlstate: "58030", message: "Custos cannot record this approval request: the store is unavailable; the statement was not run"),
+                simple: simple)
+            return drainQueue()
+        }
+        var notice = ErrorFields(
+            severity: "NOTICE", sqlstate: "00000",
+            message: "Custos: this statement needs approval \(id) (policy rule \"\(approval.rule)\"); waiting up to \(review.holdTimeout.formatted()) for a decision",
+            hint: "an approver (group \(approval.approverGroups.joined(separator: ", "))) runs: custos approvals approve \(id)")
+        notice.fields.append((UInt8(ascii: "D"), "approval id: \(id)"))
+        send(.noticeResponse(notice), flush: true)
+        let nanoseconds = review.holdTimeout.components.seconds * 1_000_000_000 + review.holdTimeout.components.attoseconds / 1_000_000_000
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] () -> Void in
+            self?.holdTimedOut(id, ttl: review.ttl, simple: simple)
+        }
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let waiter = approvals.wait(for: id) { settled in
+            loop.execute { bound.value.approvalSettled(settled, simple: simple) }
+        }
+        // `wait` may have settled it already (and then `held` changed): keep the handles only if not.
+        guard held?.approval?.id == id else {
+            timer.cancel()
+            return
+        }
+        parked.approval = (id, timer, waiter)
+        held = parked
+    }
+
+    private func approvalSettled(_ approval: Approval, simple: Bool) {
+        guard !isClosed, let parked = held, parked.stage == .awaitingDecision, parked.approval?.id == approval.id else { return }
+        parked.approval?.timer?.cancel()
+        held = nil
+        switch approval.status {
+        case .approved:
+            _ = gateway.approvals?.use(approval.id, sessionID: events.sessionID)
+            forward(parked.frame, expecting: parked.action)
+        case .denied:
+            let denial = approval.decisions.last { $0.verdict == .deny }
+            let reason = denial?.comment.map { ": \($0)" } ?? ""
+            var error = ErrorFields(
+                severity: "ERROR", sqlstate: "42501", message: "statement denied by \(denial?.approverEmail ?? denial?.approver ?? "an approver")\(reason)")
+            error.fields.append((UInt8(ascii: "D"), "approval id: \(approval.id)"))
+            recordHeldOutcome(parked, error: error)
+            refuseStatement(error, simple: simple)
+        case .expired, .used, .pending:
+            let error = ErrorFields(severity: "ERROR", sqlstate: "42501", message: "approval \(approval.id) is \(approval.status.rawValue); the statement was not run")
+            recordHeldOutcome(parked, error: error)
+            refuseStatement(error, simple: simple)
+        }
+        drainQueue()
+    }
+
+    private func holdTimedOut(_ id: String, ttl: Duration, simple: Bool) {
+        guard !isClosed, let parked = held, parked.stage == .awaitingDecision, parked.approval?.id == id else { return }
+        if let waiter = parked.approval?.waiter { gateway.approvals?.stopWaiting(id, waiter) }
+        held = nil
+        var error = ErrorFields(
+            severity: "ERROR", sqlstate: "42501", message: "statement held for approval \(id) is still pending; it was not run",
+            hint: "once approval \(id) is approved, send the same statement again (same text and parameters) on this connection within \(ttl.formatted()) to run it once")
+        error.fields.append((UInt8(ascii: "D"), "approval id: \(id)"))
+        recordHeldOutcome(parked, error: error)
+        refuseStatement(error, simple: simple)
+        drainQueue()
+    }
+
+    /// A held statement that never ran still gets its result in the record.
+    private func recordHeldOutcome(_ parked: HeldStatement, error: ErrorFields) {
+        guard let statement = parked.statement else { return }
+        recordResult(statement, error: error)
+    }
+
+    /// Releases a hold when the session ends.
+    func dropApprovalHold() {
+        guard let approval = held?.approval else { return }
+        approval.timer?.cancel()
+        if let waiter = approval.waiter { gateway.approvals?.stopWaiting(approval.id, waiter) }
+    }
+
+    static func seconds(_ duration: Duration) -> TimeInterval {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
