@@ -77,6 +77,7 @@ struct Sessions: AsyncParsableCommand {
                 if !statement.parameters.isEmpty {
                     print("    parameters: \(statement.parameters.map { $0.map { "'\($0)'" } ?? "NULL" }.joined(separator: ", "))")
                 }
+                for note in statement.notes { print("    · \(note)") }
                 print("    → \(result)")
             }
             if statements.isEmpty { print("(no statements)") }

@@ -37,7 +37,7 @@ extension ClientSession {
         }
         var notice = ErrorFields(
             severity: "NOTICE", sqlstate: "00000",
-            message: "Custos: this statement needs approval \(id) (policy rule \"\(approval.rule)\"); waiting up to \(review.holdTimeout.formatted()) for a decision",
+            message: "Custos: this statement needs approval \(id) (policy rule \"\(approval.rule)\"); waiting up to \(Self.spoken(review.holdTimeout)) for a decision",
             hint: "an approver (group \(approval.approverGroups.joined(separator: ", "))) runs: custos approvals approve \(id)")
         notice.fields.append((UInt8(ascii: "D"), "approval id: \(id)"))
         send(.noticeResponse(notice), flush: true)
@@ -89,7 +89,7 @@ extension ClientSession {
         held = nil
         var error = ErrorFields(
             severity: "ERROR", sqlstate: "42501", message: "statement held for approval \(id) is still pending; it was not run",
-            hint: "once approval \(id) is approved, send the same statement again (same text and parameters) on this connection within \(ttl.formatted()) to run it once")
+            hint: "once approval \(id) is approved, send the same statement again (same text and parameters) on this connection within \(Self.spoken(ttl)) of the request to run it once")
         error.fields.append((UInt8(ascii: "D"), "approval id: \(id)"))
         recordHeldOutcome(parked, error: error)
         refuseStatement(error, simple: simple)
@@ -107,6 +107,14 @@ extension ClientSession {
         guard let approval = held?.approval else { return }
         approval.timer?.cancel()
         if let waiter = approval.waiter { gateway.approvals?.stopWaiting(approval.id, waiter) }
+    }
+
+    /// `90s`, `5m`, `2h`: as a person writes it in the config.
+    static func spoken(_ duration: Duration) -> String {
+        let seconds = Int(Self.seconds(duration).rounded())
+        if seconds < 120 || seconds % 60 != 0 { return "\(seconds)s" }
+        if seconds < 7200 || seconds % 3600 != 0 { return "\(seconds / 60)m" }
+        return "\(seconds / 3600)h"
     }
 
     static func seconds(_ duration: Duration) -> TimeInterval {
