@@ -22,7 +22,9 @@ import uuid
 import psycopg
 import pytest
 
-from custos_e2e import WireClient, closed_port, command_complete_tags, custos_bin, error_fields, read_events, verify_chain, wait_until
+from custos_e2e import (
+    WireClient, closed_port, command_complete_tags, custos_bin, error_fields, read_events, verify_chain, verify_shown_events, wait_until,
+)
 
 # --------------------------------------------------------------------------
 # configuration and identities
@@ -222,8 +224,8 @@ class Statement(threading.Thread):
 class Client:
     """A psycopg connection through the gateway that records notices and joins its threads before closing."""
 
-    def __init__(self, gw, token: str, app: str | None = None, autocommit: bool = True):
-        self.conn = psycopg.connect(gw.dsn(token, app=app), autocommit=autocommit)
+    def __init__(self, gw, token: str, app: str | None = None, autocommit: bool = True, dbname: str = "appdb"):
+        self.conn = psycopg.connect(gw.dsn(token, dbname=dbname, app=app), autocommit=autocommit)
         self.notices = Notices(self.conn)
         self.threads: list[Statement] = []
 
@@ -325,9 +327,10 @@ def test_update_is_held_until_a_dba_approves_through_the_cli(start_gateway, mint
         assert shown["parameters"] == ["approved", marker]
         assert re.fullmatch(r"[0-9a-f]{64}", shown["fingerprint"]), shown["fingerprint"]
         assert (shown["rule"], shown["approver_groups"], shown["required"], shown["decisions"]) == ("changes", ["dba"], 1, [])
-        assert shown["created_at"] and shown["expires_at"] and "used_at" in shown and shown["used_at"] is None
+        assert shown["created_at"] and shown["expires_at"] and shown.get("used_at") is None   # optional in docs/openapi.yaml
         assert shown["session_id"]
         assert approval_id in [a["id"] for a in approvals_in(cli_json(admin, dba, "list", "--status", "pending"))]
+        assert cli_json(admin, dba, "show", approval_id[:13])["id"] == approval_id, "a unique prefix names the approval"
 
         decided = cli_json(admin, dba, "approve", approval_id, "--comment", "looks fine")
         assert decided["id"] == approval_id and decided["status"] in ("approved", "used"), decided
@@ -447,8 +450,7 @@ def test_denial_through_the_cli_reaches_the_client_and_the_webhook(start_gateway
         assert delivery["body"]["approval"]["requester"]["subject"] == "agent-1"
     assert requested["body"]["approval"]["status"] == "pending"
     assert requested["body"]["approval"]["text"] == sql
-    assert "decision" in requested["body"] and requested["body"]["decision"] is None, \
-        f"a requested event carries \"decision\": null (docs/approvals.md); got keys {sorted(requested['body'])}"
+    assert requested["body"].get("decision") is None
     assert decided_hook["body"]["approval"]["status"] == "denied"
     decision = decided_hook["body"]["decision"]
     assert (decision["approver"], decision["approver_email"], decision["verdict"], decision["comment"]) == (
@@ -463,6 +465,14 @@ def test_denial_through_the_cli_reaches_the_client_and_the_webhook(start_gateway
     assert trail[1]["payload"]["decision"]["verdict"] == "deny" and trail[1]["payload"]["decision"]["comment"] == comment
     assert result_of(gw, statement)["payload"]["error"]["sqlstate"] == "42501"
     verify_chain(gw.store_path)
+    shown = gw.show(gw.session_by_app(app)["id"])
+    verify_shown_events(shown)
+    held_statement = [st for st in shown["statements"] if st["text"] == sql]
+    assert len(held_statement) == 1 and held_statement[0]["decision"] == "review", shown["statements"]
+    assert held_statement[0]["error"]["sqlstate"] == "42501"
+    # last, so that everything above is checked first: the documented payload names the key
+    assert "decision" in requested["body"], \
+        f"a requested event carries \"decision\": null (docs/approvals.md); got keys {sorted(requested['body'])}"
 
 
 # --------------------------------------------------------------------------
@@ -546,8 +556,8 @@ def test_a_pass_is_bound_to_the_parameters(start_gateway, mint, direct, app):
     """An approved p1 statement releases neither a p2 statement nor a different text."""
     gw, admin = start(start_gateway, hold="3s")
     marker = seed(direct, app)
-    dba = mint(**DBA)
-    with Client(gw, mint(**AGENT), app) as client:
+    dba, agent = mint(**DBA), mint(**AGENT)
+    with Client(gw, agent, app) as client:
         held = client.run(UPDATE_SQL, ("p1", marker))
         first = client.notices.next_approval()
         # Keep the pass for later: let the hold time out, then approve.
@@ -561,6 +571,14 @@ def test_a_pass_is_bound_to_the_parameters(start_gateway, mint, direct, app):
             other = client.run(sql, params)
             other_id = client.notices.next_approval()
             assert other_id != first, f"{sql} {params} was released by the pass for p1"
+            assert admin.decide(other_id, "deny", dba, "no")[0] == 200
+            other.failed(10)
+        # the same statement by the same identity on another gateway connection (same database)
+        with Client(gw, agent, dbname="appdb_md5") as elsewhere:
+            other = elsewhere.run(UPDATE_SQL, ("p1", marker))
+            other_id = elsewhere.notices.next_approval()
+            assert other_id != first, "the pass is for the connection it was asked on"
+            assert admin.get(other_id, dba)["connection"] == "appdb_md5"
             assert admin.decide(other_id, "deny", dba, "no")[0] == 200
             other.failed(10)
         assert row(direct, marker) == ("info", 0)
@@ -593,10 +611,14 @@ def test_who_may_list_and_decide(start_gateway, mint, direct, app):
         assert_api_error(admin.call("GET", path, "not-a-jwt"), 401)
         assert_api_error(admin.decide(approval_id, "approve", None), 401)
         assert_api_error(admin.decide(approval_id, "approve", mint(**DBA, key="unpublished")), 401)
+        assert_api_error(admin.decide(approval_id, "approve", mint(**DBA, aud="someone-else")), 401)
+        assert_api_error(admin.decide(approval_id, "approve", mint(**DBA, exp_offset=-600)), 401)
 
         # the requester is in group dba too, and still may not approve its own statement
         assert_api_error(admin.decide(approval_id, "approve", requester), 403, "self_approval")
         assert_api_error(admin.decide(approval_id, "approve", mint(**AGENT_DBA)), 403, "self_approval")
+        same_person = mint(sub="agent-dba-other-login", email=AGENT_DBA["email"], groups=["dba"])
+        assert_api_error(admin.decide(approval_id, "approve", same_person), 403, "self_approval")
         refused = cli(admin, requester, "approve", approval_id)
         assert refused.returncode == 1 and refused.stderr.strip(), (refused.returncode, refused.stderr)
         # approver role, but not a group of this approval
@@ -780,8 +802,17 @@ def test_an_unapproved_approval_expires_after_its_ttl(start_gateway, mint, direc
         # the statement again: a new approval
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             client.execute(UPDATE_SQL, ("late", marker))
-        assert client.notices.next_approval(timeout=0.1) != approval_id
+        renewed = client.notices.next_approval(timeout=0.1)
+        assert renewed != approval_id
+        # an approved pass nobody used expires as well, and then releases nothing
+        assert admin.decide(renewed, "approve", dba, "use it soon")[0] == 200
+        wait_until(lambda: admin.get(renewed, dba)["status"] == "expired", 10, what=f"pass {renewed} to expire")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            client.execute(UPDATE_SQL, ("late", marker))
+        assert client.notices.next_approval(timeout=0.1) not in (approval_id, renewed)
     assert row(direct, marker) == ("info", 0)
+    assert [e["kind"] for e in wait_kinds(gw, renewed, {"approval.expired"})] == [
+        "approval.requested", "approval.decided", "approval.expired"]
     trail = wait_kinds(gw, approval_id, {"approval.requested", "approval.expired"})
     assert [e["kind"] for e in trail] == ["approval.requested", "approval.expired"]
     assert trail[1]["payload"]["approval"]["status"] == "expired"
@@ -869,4 +900,106 @@ def test_pipelined_queries_wait_and_a_dropped_client_keeps_its_approval(start_ga
         assert client.notices.approval_notices() == []
     assert row(direct, marker) == ("wire", 2)
     assert admin.get(dropped_id, dba)["status"] == "used"
+    verify_chain(gw.store_path)
+
+
+# --------------------------------------------------------------------------
+# 11. the gateway stops while a statement is held
+
+
+def test_stopping_the_gateway_while_a_statement_is_held(start_gateway, mint, direct, app):
+    gw, admin = start(start_gateway, hold="30s")
+    marker = seed(direct, app)
+    dba, agent = mint(**DBA), mint(**AGENT)
+    with Client(gw, agent, app) as client:
+        held = client.run(UPDATE_SQL, ("stopped", marker))
+        approval_id = client.notices.next_approval()
+        began = time.monotonic()
+        assert gw.stop(timeout=10) == 0
+        assert time.monotonic() - began < 8, "a held statement must not keep the gateway from stopping"
+        held.failed(10)                       # the session ended under it
+    assert row(direct, marker) == ("info", 0)
+
+    gw.log_path.rename(gw.directory / "custos.before-restart.log")
+    gw.start()
+    admin = Admin(gw)
+    assert admin.get(approval_id, dba)["status"] == "pending"
+    assert admin.decide(approval_id, "approve", dba)[0] == 200
+    with Client(gw, agent, app) as client:
+        assert client.execute(UPDATE_SQL, ("stopped", marker)).rowcount == 1
+    assert row(direct, marker) == ("stopped", 1)
+    verify_chain(gw.store_path)
+
+
+# --------------------------------------------------------------------------
+# 12. pipeline mode (Parse/Bind/Execute for several statements, one Sync)
+
+
+def test_a_held_statement_in_a_pipeline(start_gateway, mint, direct, app):
+    gw, admin = start(start_gateway, hold="5s")
+    marker = seed(direct, app)
+    dba = mint(**DBA)
+    with Client(gw, mint(**AGENT), app) as client:
+        def pipelined(level: str) -> dict:
+            out: dict = {}
+
+            def work():
+                try:
+                    with client.conn.pipeline():
+                        changed = client.conn.cursor()
+                        changed.execute(UPDATE_SQL + " RETURNING (payload->>'n')::int", (level, marker))
+                        after = client.conn.cursor()
+                        after.execute("SELECT %s::int", (7,))
+                    out["rows"] = (changed.fetchall(), after.fetchall())
+                except BaseException as exc:  # noqa: BLE001
+                    out["error"] = exc
+
+            out["thread"] = threading.Thread(target=work, daemon=True)
+            out["thread"].start()
+            return out
+
+        approved = pipelined("pipe-1")
+        approval_id = client.notices.next_approval()
+        assert admin.decide(approval_id, "approve", dba)[0] == 200
+        approved["thread"].join(10)
+        assert not approved["thread"].is_alive() and "error" not in approved, approved
+        assert approved["rows"] == ([(1,)], [(7,)])
+
+        denied = pipelined("pipe-2")
+        denied_id = client.notices.next_approval()
+        assert admin.decide(denied_id, "deny", dba, "no pipelines")[0] == 200
+        denied["thread"].join(10)
+        assert not denied["thread"].is_alive()
+        assert isinstance(denied.get("error"), psycopg.errors.InsufficientPrivilege), denied
+        assert_denied_by(denied["error"], denied_id, "dba@example.com", "no pipelines")
+        assert client.execute("SELECT 1").fetchone() == (1,)
+    assert row(direct, marker) == ("pipe-1", 1)
+    verify_chain(gw.store_path)
+
+
+# --------------------------------------------------------------------------
+# 14. cancelling a held statement
+
+
+def test_cancel_ends_a_held_statement_and_keeps_its_approval(start_gateway, mint, direct, app):
+    """Ctrl-C (a CancelRequest with the key Custos gave the client) ends a held statement at
+    once with 57014, as PostgreSQL ends a cancelled query; the approval stays pending, and once
+    approved it is still a pass for the same statement."""
+    gw, admin = start(start_gateway, hold="30s")
+    marker = seed(direct, app)
+    with Client(gw, mint(**AGENT), app) as client:
+        held = client.run(UPDATE_SQL, ("cancelled", marker))
+        approval_id = client.notices.next_approval()
+        started = time.monotonic()
+        client.conn.cancel_safe()
+        error = held.failed(10)
+        assert time.monotonic() - started < 5, "the cancel must not wait for the hold timeout"
+        assert isinstance(error, psycopg.errors.QueryCanceled), error
+        assert error.diag.message_detail == f"approval id: {approval_id} (still pending)"
+        assert client.execute("SELECT 1").fetchone() == (1,), "the session goes on"
+        assert admin.get(approval_id, mint(**DBA))["status"] == "pending"
+        assert admin.decide(approval_id, "approve", mint(**DBA), "after all")[0] == 200
+        ran = client.run(UPDATE_SQL, ("cancelled", marker)).succeeded(10)
+        assert ran.rowcount == 1
+    assert row(direct, marker) == ("cancelled", 1)
     verify_chain(gw.store_path)

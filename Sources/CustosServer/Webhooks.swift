@@ -77,6 +77,17 @@ final class WebhookNotifier: Sendable {
             var event: String
             var approval: Approval
             var decision: Approval.Decision?
+
+            enum CodingKeys: String, CodingKey { case text, event, approval, decision }
+
+            // `decision` is always present, as null when there is none, so receivers can read it.
+            func encode(to encoder: any Encoder) throws {
+                var container = encoder.container(keyedBy: CodingKeys.self)
+                try container.encode(text, forKey: .text)
+                try container.encode(event, forKey: .event)
+                try container.encode(approval, forKey: .approval)
+                if let decision { try container.encode(decision, forKey: .decision) } else { try container.encodeNil(forKey: .decision) }
+            }
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]

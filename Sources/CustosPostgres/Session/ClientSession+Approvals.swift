@@ -96,6 +96,21 @@ extension ClientSession {
         drainQueue()
     }
 
+    /// The client cancelled (Ctrl-C) while its statement waits for a decision: the statement
+    /// ends as PostgreSQL ends a cancelled one; the approval stays pending (a later approval is
+    /// still a pass for the same statement).
+    func cancelHeldStatement() {
+        guard !isClosed, let parked = held, parked.stage == .awaitingDecision, let approval = parked.approval else { return }
+        approval.timer?.cancel()
+        if let waiter = approval.waiter { gateway.approvals?.stopWaiting(approval.id, waiter) }
+        held = nil
+        var error = ErrorFields(severity: "ERROR", sqlstate: "57014", message: "canceling statement due to user request")
+        error.fields.append((UInt8(ascii: "D"), "approval id: \(approval.id) (still pending)"))
+        recordHeldOutcome(parked, error: error)
+        refuseStatement(error, simple: parked.frame.type == UInt8(ascii: "Q"))
+        drainQueue()
+    }
+
     /// A held statement that never ran still gets its result in the record.
     private func recordHeldOutcome(_ parked: HeldStatement, error: ErrorFields) {
         guard let statement = parked.statement else { return }

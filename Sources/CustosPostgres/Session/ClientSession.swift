@@ -318,7 +318,12 @@ final class ClientSession: ChannelInboundHandler {
             guard let message = try? BackendMessage.decode(frame) else { return backendRefused("unreadable backend message") }
             switch message {
             case .backendKeyData(let processID, let secretKey):
-                let key = gateway.cancelKeys.register(.init(host: target!.host, port: target!.port, processID: processID, secret: secretKey))
+                let loop = context.eventLoop
+                let bound = NIOLoopBound(self, eventLoop: loop)
+                let key = gateway.cancelKeys.register(
+                    .init(
+                        host: target!.host, port: target!.port, processID: processID, secret: secretKey,
+                        cancelHeld: { loop.execute { bound.value.cancelHeldStatement() } }))
                 cancelKey = key
                 send(.backendKeyData(processID: key.processID, secretKey: key.secret), flush: false)
             case .readyForQuery:
@@ -387,6 +392,7 @@ final class ClientSession: ChannelInboundHandler {
     private func forwardCancel(_ key: CancelRegistry.Key) {
         defer { closeChannels() }
         guard let entry = gateway.cancelKeys.lookup(key) else { return }
+        entry.cancelHeld?()
         Self.sendCancel(entry, on: context.eventLoop)
     }
 

@@ -127,6 +127,9 @@ final class CancelRegistry: Sendable {
         var port: Int
         var processID: Int32
         var secret: Int32
+        /// Tells the session: a statement it holds (for an approval) never reached the backend,
+        /// so only the session can cancel it.
+        var cancelHeld: (@Sendable () -> Void)? = nil
     }
 
     private let entries = NIOLockedValueBox<[Key: Entry]>([:])
