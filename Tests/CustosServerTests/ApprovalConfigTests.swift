@@ -35,6 +35,8 @@ struct ApprovalConfigTests {
         #expect(config.approvals.webhooks == ["http://127.0.0.1:9999/hook"])
         let without = try CustosConfig.parse(yaml: ConfigTests.valid, baseDirectory: "/etc/custos")
         #expect(without.admin == nil)
+        let exposed = try CustosConfig.parse(yaml: Self.config("admin:\n  host: 0.0.0.0\n  allow_plain_http: true"), baseDirectory: "/etc/custos")
+        #expect(exposed.admin?.host == "0.0.0.0", "plain HTTP off loopback only when asked for")
     }
 
     @Test(
@@ -46,6 +48,7 @@ struct ApprovalConfigTests {
             ("policy:\n  rules:\n    - {name: r, action: review, approvers: []}", "policy.rules[0].approvers"),
             ("approvals:\n  webhooks: [\"ftp://x/y\"]", "approvals.webhooks[0]"),
             ("admin:\n  roles: {root: [x]}", "admin.roles.root"),
+            ("admin:\n  host: 0.0.0.0", "admin.host"),
         ])
     func refused(yaml: String, key: String) {
         #expect {

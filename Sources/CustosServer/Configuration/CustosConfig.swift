@@ -176,9 +176,16 @@ public struct CustosConfig: Sendable {
                 if let groups = try rolesReader.stringList(role) { roles[role] = groups }
             }
             try rolesReader.finish()
-            admin = Admin(
-                host: try adminReader.string("host", default: "127.0.0.1"), port: try adminReader.int("port", default: 6480, range: 0...65535),
-                roles: roles)
+            let host = try adminReader.string("host", default: "127.0.0.1")
+            let allowPlainHTTP = try adminReader.bool("allow_plain_http", default: false)
+            // Bearer tokens travel in the clear over plain HTTP: off loopback only when asked for
+            // (behind a TLS-terminating proxy on the same network segment).
+            if !isLoopback(host), !allowPlainHTTP {
+                throw ConfigError(
+                    key: "admin.host",
+                    problem: "the admin API speaks plain HTTP: listen on loopback behind a TLS terminator, or set admin.allow_plain_http: true")
+            }
+            admin = Admin(host: host, port: try adminReader.int("port", default: 6480, range: 0...65535), roles: roles)
             try adminReader.finish()
         }
         var approvalsReader = try root.child("approvals")
