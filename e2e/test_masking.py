@@ -131,9 +131,8 @@ def row_encoding(values: list[bytes | None], formats: list[int]) -> bytes:
 
 def digests(key: bytes, encoded_rows: list[bytes]) -> dict:
     ordered = hmac.new(key, b"custos.result.ordered.v1\n" + b"".join(encoded_rows), hashlib.sha256).hexdigest()
-    total = sum(int.from_bytes(hashlib.sha256(r).digest(), "big") for r in encoded_rows) % 2**256
-    multiset = hmac.new(key, b"custos.result.multiset.v1\n" + total.to_bytes(32, "big"), hashlib.sha256).hexdigest()
-    return {"ordered": ordered, "multiset": multiset}
+    total = sum(int.from_bytes(hmac.new(key, b"custos.result.row.v1\n" + r, hashlib.sha256).digest(), "big") for r in encoded_rows)
+    return {"ordered": ordered, "multiset": f"{total % 2**256:064x}"}
 
 
 # --------------------------------------------------------------------------

@@ -85,6 +85,7 @@ struct AdminError: Error, HTTPResponseError, CustomStringConvertible {
         case .notPending: AdminError(status: .conflict, code: "not_pending", message: error.description)
         case .alreadyDecided: AdminError(status: .conflict, code: "already_decided", message: error.description)
         case .notRecorded: AdminError(status: .serviceUnavailable, code: "not_recorded", message: error.description)
+        case .tooManyPending: AdminError(status: .tooManyRequests, code: "too_many_pending", message: error.description)
         }
     }
 }

@@ -27,6 +27,13 @@ enum KeyFile {
         guard let attributes = try? manager.attributesOfItem(atPath: path), let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue else {
             throw ConfigError(key: configKey, problem: "cannot read \(path)")
         }
+        // Someone else's file (planted in a shared folder) would be a key they know.
+        if attributes[.type] as? FileAttributeType == .typeSymbolicLink {
+            throw ConfigError(key: configKey, problem: "\(path) is a symbolic link; name the key file itself")
+        }
+        if let owner = (attributes[.ownerAccountID] as? NSNumber)?.uint32Value, owner != geteuid() {
+            throw ConfigError(key: configKey, problem: "\(path) belongs to another user (uid \(owner)); the key must be the gateway's own")
+        }
         if mode & 0o077 != 0 {
             throw ConfigError(key: configKey, problem: "\(path) is readable by others (mode \(String(mode, radix: 8))); chmod 600 it")
         }

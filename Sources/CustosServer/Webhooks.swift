@@ -60,18 +60,24 @@ final class WebhookNotifier: Sendable {
         logger.warning("webhook delivery failed after retries", metadata: ["webhook": "\(Self.host(url))", "attempts": "\(Self.attempts)"])
     }
 
+    /// Slack's escaping of `&`, `<` and `>`: a statement cannot mention a channel or disguise a link.
+    static func slackEscaped(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+
     static func payload(_ notice: ApprovalNotice) -> Data? {
         let approval = notice.approval
         let who = approval.requester.email ?? approval.requester.subject
-        let text: String
+        let message: String
         switch notice.event {
         case .requested:
-            text = "Custos: approval \(approval.id) requested by \(who) on \(approval.connection) (rule \(approval.rule)): \(approval.text.prefix(500))"
+            message = "Custos: approval \(approval.id) requested by \(who) on \(approval.connection) (rule \(approval.rule)): \(approval.text.prefix(500))"
         case .decided:
             let decision = notice.decision
-            text = "Custos: approval \(approval.id) \(approval.status.rawValue) — \(decision?.verdict.rawValue ?? "decided") by "
+            message = "Custos: approval \(approval.id) \(approval.status.rawValue) — \(decision?.verdict.rawValue ?? "decided") by "
                 + "\(decision?.approverEmail ?? decision?.approver ?? "?")\(decision?.comment.map { ": \($0)" } ?? "")"
         }
+        let text = slackEscaped(message)
         struct Body: Encodable {
             var text: String
             var event: String

@@ -99,22 +99,40 @@ struct ApprovalsCommand: AsyncParsableCommand {
         print("rule        \(approval.rule); approvers: \(approval.approverGroups.joined(separator: ", ")); \(approval.required) needed")
         print("time        created \(approval.createdAt), expires \(approval.expiresAt)\(approval.usedAt.map { ", used \($0)" } ?? "")")
         print("fingerprint \(approval.fingerprint)")
-        print("statement")
-        print("    \(approval.text.replacingOccurrences(of: "\n", with: "\n    "))")
+        print("statement\(approval.textMasked ? " (as recorded: values masked; the analysis below is of the statement as sent)" : "")")
+        print("    \(safe(approval.text).replacingOccurrences(of: "\n", with: "\n    "))")
         if !approval.parameters.isEmpty {
-            print("    parameters: \(approval.parameters.map { $0.map { "'\($0)'" } ?? "NULL" }.joined(separator: ", "))")
+            print("    parameters: \(approval.parameters.map { $0.map { "'\(safe($0))'" } ?? "NULL" }.joined(separator: ", "))")
+        }
+        for part in approval.analysis {
+            var line = "    does: \(part.kind)"
+            if !part.tablesWritten.isEmpty { line += "; writes \(part.tablesWritten.joined(separator: ", "))" }
+            if !part.tablesRead.isEmpty { line += "; reads \(part.tablesRead.joined(separator: ", "))" }
+            if !part.flags.isEmpty { line += "; flags \(part.flags.joined(separator: ", "))" }
+            print(safe(line))
         }
         if approval.decisions.isEmpty { return print("decisions   (none)") }
         print("decisions")
         for decision in approval.decisions {
             let who = decision.approver + (decision.approverEmail.map { " <\($0)>" } ?? "")
-            print("    \(decision.at) \(decision.verdict.rawValue) by \(who)\(decision.comment.map { ": \($0)" } ?? "")")
+            print(safe("    \(decision.at) \(decision.verdict.rawValue) by \(who)\(decision.comment.map { ": \($0)" } ?? "")"))
         }
+    }
+
+    /// Text from the API with control characters (terminal escapes, carriage returns) shown as
+    /// `?`: a statement cannot rewrite what an approver sees on screen.
+    static func safe(_ text: String) -> String {
+        String(
+            String.UnicodeScalarView(
+                text.unicodeScalars.map { scalar in
+                    scalar == "\n" || scalar == "\t" || !(scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .format)
+                        ? scalar : "?"
+                }))
     }
 
     /// One line, at most `width` characters.
     static func clip(_ text: String, _ width: Int) -> String {
-        let line = text.split(whereSeparator: \.isNewline).joined(separator: " ")
+        let line = safe(text).split(whereSeparator: \.isNewline).joined(separator: " ")
         return line.count <= width ? line : String(line.prefix(width - 1)) + "…"
     }
 }

@@ -71,6 +71,22 @@ struct ApprovalBookTests {
         #expect(recorder.drafts.withLock { $0.last?.approval?.status } == .approved, "the store keeps the latest state")
     }
 
+    @Test("the same person under another issuer, or an email in other case, is still the requester; floods are capped")
+    func selfAndFlood() {
+        let clock = TestClock()
+        let book = ApprovalBook(recorder: MemoryRecorder(), now: clock.read)
+        let approval = Self.approval(clock: clock)
+        book.request(approval) { _ in }
+        let twin = Identity(subject: "other-sub", email: "AGENT@example.com", groups: ["dba"], issuer: "https://other-idp", tokenID: nil, expiresAt: .distantFuture)
+        #expect(Self.decide(book, approval.id, by: twin, .approve) == .failure(.selfApproval))
+        let refused = Mutex<ApprovalError?>(nil)
+        for _ in 1..<ApprovalBook.pendingLimit { book.request(Self.approval(clock: clock)) { _ in } }
+        book.request(Self.approval(clock: clock)) { result in
+            if case .failure(let error) = result { refused.withLock { $0 = error } }
+        }
+        #expect(refused.withLock { $0 } == .tooManyPending)
+    }
+
     @Test("two approvals needed; one deny denies; an approver decides once")
     func quorum() throws {
         let clock = TestClock()
@@ -94,21 +110,22 @@ struct ApprovalBookTests {
         let book = ApprovalBook(recorder: recorder, now: clock.read)
         let approval = Self.approval(clock: clock)
         book.request(approval) { _ in }
-        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, sessionID: "s2") == nil, "pending is no pass")
+        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, rule: "changes", sessionID: "s2") == nil, "pending is no pass")
         _ = Self.decide(book, approval.id, by: Self.dba, .approve)
         let other = Approval.fingerprint(text: "UPDATE t SET x = $1", parameters: ["8"])
-        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: other, sessionID: "s2") == nil, "another parameter")
-        #expect(book.takePass(for: Self.dba, connection: "appdb", fingerprint: approval.fingerprint, sessionID: "s2") == nil, "another identity")
-        #expect(book.takePass(for: Self.agent, connection: "other", fingerprint: approval.fingerprint, sessionID: "s2") == nil, "another connection")
-        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, sessionID: "s2")?.status == .used)
-        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, sessionID: "s3") == nil, "only once")
+        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: other, rule: "changes", sessionID: "s2") == nil, "another parameter")
+        #expect(book.takePass(for: Self.dba, connection: "appdb", fingerprint: approval.fingerprint, rule: "changes", sessionID: "s2") == nil, "another identity")
+        #expect(book.takePass(for: Self.agent, connection: "other", fingerprint: approval.fingerprint, rule: "changes", sessionID: "s2") == nil, "another connection")
+        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, rule: "other", sessionID: "s2") == nil, "another rule (a reloaded policy)")
+        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, rule: "changes", sessionID: "s2")?.status == .used)
+        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: approval.fingerprint, rule: "changes", sessionID: "s3") == nil, "only once")
         #expect(recorder.kinds.last == .approvalUsed)
 
         let late = Self.approval(clock: clock)
         book.request(late) { _ in }
         _ = Self.decide(book, late.id, by: Self.dba, .approve)
         clock.advance(61)
-        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: late.fingerprint, sessionID: "s4") == nil, "expired")
+        #expect(book.takePass(for: Self.agent, connection: "appdb", fingerprint: late.fingerprint, rule: "changes", sessionID: "s4") == nil, "expired")
         book.sweep()
         #expect(book.get(late.id)?.status == .expired)
         #expect(recorder.kinds.last == .approvalExpired)

@@ -37,7 +37,7 @@ struct ResponseTrackerTests {
     func pipeline() {
         var tracker = ResponseTracker()
         var effects: [ResponseTracker.Effect] = []
-        for expectation in [ResponseTracker.Expectation.parse, .bind, .execute(Statement(number: 1, startedAt: 1)), .bind,
+        for expectation in [ResponseTracker.Expectation.parse(""), .bind(""), .execute(Statement(number: 1, startedAt: 1)), .bind(""),
             .execute(Statement(number: 2, startedAt: 2)), .sync]
         {
             tracker.expect(expectation, effects: &effects)
@@ -58,13 +58,16 @@ struct ResponseTrackerTests {
     func errorSkipsToSync() {
         var tracker = ResponseTracker()
         var effects: [ResponseTracker.Effect] = []
-        for expectation in [ResponseTracker.Expectation.parse, .bind, .execute(Statement(number: 1, startedAt: 1)), .bind,
+        for expectation in [ResponseTracker.Expectation.parse(""), .bind(""), .execute(Statement(number: 1, startedAt: 1)), .bind(""),
             .execute(Statement(number: 2, startedAt: 2)), .sync]
         {
             tracker.expect(expectation, effects: &effects)
         }
         let error = ErrorFields(severity: "ERROR", sqlstate: "22012", message: "division by zero")
         effects = Self.feed(&tracker, [.parseComplete, .bindComplete, .errorResponse(error), .readyForQuery(.idle)])
+        // The skipped second Bind never created its portal.
+        #expect(effects.contains(.notCreated(statement: nil, portal: "")))
+        effects.removeAll { if case .notCreated = $0 { true } else { false } }
         #expect(effects.count == 2)
         guard case .finished(let first) = effects[0], case .finished(let second) = effects[1] else {
             Issue.record("expected two finished statements")
@@ -80,8 +83,8 @@ struct ResponseTrackerTests {
         var tracker = ResponseTracker()
         var effects: [ResponseTracker.Effect] = []
         let refusal = ErrorFields(severity: "ERROR", sqlstate: "42501", message: "denied")
-        tracker.expect(.parse, effects: &effects)
-        tracker.expect(.bind, effects: &effects)
+        tracker.expect(.parse(""), effects: &effects)
+        tracker.expect(.bind(""), effects: &effects)
         tracker.expect(.refusal(refusal, readyForQuery: false), effects: &effects)
         tracker.expect(.sync, effects: &effects)
         #expect(effects.isEmpty)
@@ -121,11 +124,12 @@ extension ResponseTrackerTests {
     func bindErrorBeforeExecute() {
         var tracker = ResponseTracker()
         var effects: [ResponseTracker.Effect] = []
-        tracker.expect(.parse, effects: &effects)
-        tracker.expect(.bind, effects: &effects)
+        tracker.expect(.parse(""), effects: &effects)
+        tracker.expect(.bind(""), effects: &effects)
         let error = ErrorFields(severity: "ERROR", sqlstate: "22012", message: "division by zero")
         effects = Self.feed(&tracker, [.parseComplete, .errorResponse(error)])
-        #expect(effects.isEmpty)
+        #expect(effects == [.notCreated(statement: nil, portal: "")], "the failed Bind created no portal")
+        effects = []
         // The Execute was held for its write-ahead commit and is forwarded only now.
         tracker.expect(.execute(Statement(number: 1, startedAt: 1)), effects: &effects)
         tracker.expect(.execute(Statement(number: 2, startedAt: 2)), effects: &effects)
@@ -155,8 +159,8 @@ extension ResponseTrackerTests {
     func rollbackForCommit() {
         var tracker = ResponseTracker()
         var effects: [ResponseTracker.Effect] = []
-        tracker.expect(.parse, effects: &effects)
-        tracker.expect(.bind, effects: &effects)
+        tracker.expect(.parse(""), effects: &effects)
+        tracker.expect(.bind(""), effects: &effects)
         tracker.expect(.rollbackForCommit(Statement(number: 9, startedAt: 1)), effects: &effects)
         tracker.expect(.sync, effects: &effects)
         effects = Self.feed(&tracker, [.parseComplete, .bindComplete, .commandComplete(tag: "ROLLBACK")])

@@ -10,7 +10,13 @@ public final class ApprovalBook: Sendable {
         var approvals: [String: Approval] = [:]
         var waiters: [String: [Int: @Sendable (Approval) -> Void]] = [:]
         var nextWaiter = 0
+        /// Approvals whose latest decision is not yet recorded: no pass is taken from them until it is.
+        var uncommitted: Set<String> = []
     }
+
+    /// Pending approvals one identity may have at once: a client looping send-and-cancel cannot
+    /// flood approvers (or webhooks).
+    public static let pendingLimit = 20
 
     private let state: Mutex<State>
     private let recorder: any Recorder
@@ -43,8 +49,20 @@ public final class ApprovalBook: Sendable {
     }
 
     /// Opens an approval; `completion` runs once it is recorded (write-ahead, as statements are).
-    public func request(_ approval: Approval, completion: @escaping @Sendable (Result<Approval, RecorderError>) -> Void) {
-        state.withLock { $0.approvals[approval.id] = approval }
+    /// Refused (``ApprovalError/tooManyPending``) when the requester already has
+    /// ``pendingLimit`` pending approvals.
+    public func request(_ approval: Approval, completion: @escaping @Sendable (Result<Approval, ApprovalError>) -> Void) {
+        let date = now()
+        let admitted = state.withLock { state in
+            let pending = state.approvals.values.filter {
+                $0.status == .pending && !$0.isExpired(at: date) && $0.requester.subject == approval.requester.subject
+                    && $0.requester.issuer == approval.requester.issuer
+            }
+            guard pending.count < Self.pendingLimit else { return false }
+            state.approvals[approval.id] = approval
+            return true
+        }
+        guard admitted else { return completion(.failure(.tooManyPending)) }
         let notify = self.notify
         recorder.append(Self.event(.approvalRequested, approval, extra: [:], at: now())) { [weak self] result in
             switch result {
@@ -53,7 +71,7 @@ public final class ApprovalBook: Sendable {
                 completion(.success(approval))
             case .failure(let error):
                 _ = self?.state.withLock { $0.approvals.removeValue(forKey: approval.id) }
-                completion(.failure(error))
+                completion(.failure(.notRecorded(error.reason)))
             }
         }
     }
@@ -88,19 +106,27 @@ public final class ApprovalBook: Sendable {
             if approval.status == .pending, approval.isExpired(at: date) { approval.status = .expired }
             guard approval.status == .pending else { return .failure(.notPending(approval.status)) }
             let requester = approval.requester
+            // One person may hold accounts at several issuers: an email names them across all.
             if approver.issuer == requester.issuer && approver.subject == requester.subject { return .failure(.selfApproval) }
-            if let email = approver.email, email == requester.email { return .failure(.selfApproval) }
+            if let email = approver.email?.lowercased(), email == requester.email?.lowercased() { return .failure(.selfApproval) }
             guard approver.groups.contains(where: approval.approverGroups.contains) else { return .failure(.notEligible) }
-            guard !approval.decisions.contains(where: { $0.approver == approver.subject }) else { return .failure(.alreadyDecided) }
+            let already = approval.decisions.contains { decision in
+                (decision.approver == approver.subject && decision.approverIssuer == approver.issuer)
+                    || (approver.email != nil && decision.approverEmail?.lowercased() == approver.email?.lowercased())
+            }
+            guard !already else { return .failure(.alreadyDecided) }
             let before = approval
             approval.decisions.append(
-                Approval.Decision(approver: approver.subject, approverEmail: approver.email, verdict: verdict, comment: comment, at: Timestamp.format(date)))
+                Approval.Decision(
+                    approver: approver.subject, approverEmail: approver.email, approverIssuer: approver.issuer, verdict: verdict, comment: comment,
+                    at: Timestamp.format(date)))
             if verdict == .deny {
                 approval.status = .denied
             } else if approval.approvals >= approval.required {
                 approval.status = .approved
             }
             state.approvals[id] = approval
+            state.uncommitted.insert(id)
             return .success((before, approval))
         }
         guard case .success(let change) = outcome else {
@@ -111,15 +137,16 @@ public final class ApprovalBook: Sendable {
         let notify = self.notify
         let extra: [String: CanonicalJSON] = ["decision": Self.decision(decision)]
         recorder.append(Self.event(.approvalDecided, change.after, extra: extra, at: date)) { [weak self] result in
-            guard let self else { return }
             switch result {
             case .success:
+                self?.state.withLock { _ = $0.uncommitted.remove(id) }
                 notify(ApprovalNotice(event: .decided, approval: change.after, decision: decision))
-                if change.after.status != .pending { self.settle(change.after) }
+                if change.after.status != .pending { self?.settle(change.after) }
                 completion(.success(change.after))
             case .failure(let error):
-                // Not recorded, so not decided: put the approval back unless it moved on since.
-                self.state.withLock { state in
+                // Not recorded, so not decided: put the approval back (no pass could be taken meanwhile).
+                self?.state.withLock { state in
+                    state.uncommitted.remove(id)
                     if state.approvals[id] == change.after { state.approvals[id] = change.before }
                 }
                 completion(.failure(.notRecorded(error.reason)))
@@ -129,14 +156,16 @@ public final class ApprovalBook: Sendable {
 
     /// The pass for exactly this statement, if there is one: approved, unexpired, unused, asked by
     /// this identity on this connection with this fingerprint. Taking it uses it up (recorded).
-    public func takePass(for identity: Identity, connection: String, fingerprint: String, sessionID: String) -> Approval? {
+    /// `rule` is the rule now asking for review: a pass granted under another rule (before a
+    /// policy reload) releases nothing.
+    public func takePass(for identity: Identity, connection: String, fingerprint: String, rule: String?, sessionID: String) -> Approval? {
         let date = now()
         let taken: Approval? = state.withLock { state in
             guard
                 var approval = state.approvals.values.first(where: { approval in
                     approval.status == .approved && approval.fingerprint == fingerprint && approval.connection == connection
                         && approval.requester.subject == identity.subject && approval.requester.issuer == identity.issuer
-                        && !approval.isExpired(at: date)
+                        && approval.rule == rule && !approval.isExpired(at: date) && !state.uncommitted.contains(approval.id)
                 })
             else { return nil }
             approval.status = .used
@@ -148,17 +177,21 @@ public final class ApprovalBook: Sendable {
         return taken
     }
 
-    /// Uses an approval that was approved while its statement was held (the statement runs now).
-    public func use(_ id: String, sessionID: String) -> Approval? {
+    /// Uses an approval that was approved while its statement was held. Nil when it is no longer
+    /// usable (taken as a pass meanwhile, or expired). `completion` runs once the use is recorded:
+    /// only then may the statement run, so that a crash can never leave a used pass looking unused.
+    public func use(_ id: String, sessionID: String, completion: @escaping @Sendable (Result<Void, RecorderError>) -> Void) -> Approval? {
         let date = now()
         let used: Approval? = state.withLock { state in
-            guard var approval = state.approvals[id], approval.status == .approved else { return nil }
+            guard var approval = state.approvals[id], approval.status == .approved, !approval.isExpired(at: date) else { return nil }
             approval.status = .used
             approval.usedAt = Timestamp.format(date)
             state.approvals[id] = approval
             return approval
         }
-        if let used { use(used, sessionID: sessionID, at: date) }
+        if let used {
+            recorder.append(Self.event(.approvalUsed, used, extra: ["used_in_session": .string(sessionID)], at: date), completion: completion)
+        }
         return used
     }
 
@@ -202,7 +235,8 @@ public final class ApprovalBook: Sendable {
 
     static func decision(_ decision: Approval.Decision) -> CanonicalJSON {
         [
-            "approver": .string(decision.approver), "approver_email": .optional(decision.approverEmail), "verdict": .string(decision.verdict.rawValue),
+            "approver": .string(decision.approver), "approver_email": .optional(decision.approverEmail),
+            "approver_issuer": .optional(decision.approverIssuer), "verdict": .string(decision.verdict.rawValue),
             "comment": .optional(decision.comment), "at": .string(decision.at),
         ]
     }
@@ -216,6 +250,14 @@ public final class ApprovalBook: Sendable {
             ],
             "connection": .string(approval.connection), "text": .string(approval.text),
             "parameters": .array(approval.parameters.map(CanonicalJSON.optional)), "fingerprint": .string(approval.fingerprint),
+            "text_masked": .bool(approval.textMasked),
+            "analysis": .array(
+                approval.analysis.map { part in
+                    [
+                        "kind": .string(part.kind), "tables_read": .array(part.tablesRead.map(CanonicalJSON.string)),
+                        "tables_written": .array(part.tablesWritten.map(CanonicalJSON.string)), "flags": .array(part.flags.map(CanonicalJSON.string)),
+                    ]
+                }),
             "rule": .string(approval.rule), "approver_groups": .array(approval.approverGroups.map(CanonicalJSON.string)),
             "required": .int(Int64(approval.required)), "decisions": .array(approval.decisions.map(decision)),
             "created_at": .string(approval.createdAt), "expires_at": .string(approval.expiresAt), "used_at": .optional(approval.usedAt),

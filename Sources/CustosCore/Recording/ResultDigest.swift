@@ -2,8 +2,9 @@ import Crypto
 
 /// Keyed digests of a raw result, as the backend sent it (docs/evidence.md, "Result digests"):
 /// proof of what was returned that holds no data. `ordered` covers the rows in the order they came;
-/// `multiset` keys the sum of per-row SHA-256 digests, so a result returned in another order
-/// digests the same. A row costs one SHA-256 of its own and an update of the running HMAC.
+/// `multiset` is the sum of per-row HMACs, so a result returned in another order digests the
+/// same; keying each row (not only the sum) keeps anyone who controls the rows from crafting
+/// colliding sums. A row costs one HMAC of its own and an update of the running one.
 ///
 /// Each row is given in its canonical encoding: the column count (uint16), then per column its
 /// format code (int16), length (int32, -1 for NULL) and bytes, all big-endian.
@@ -12,10 +13,12 @@ public struct ResultDigest: Sendable {
     public typealias Keyed = KeyedHash
 
     static let orderedLabel = Array("custos.result.ordered.v1\n".utf8)
-    static let multisetLabel = Array("custos.result.multiset.v1\n".utf8)
+    static let rowLabel = Array("custos.result.row.v1\n".utf8)
 
     private let keyed: Keyed
     private var ordered: KeyedHash.Running
+    /// The keyed state after the row label, copied for each row.
+    private var rowStart: KeyedHash.Running
     /// The multiset sum, as four 64-bit limbs, most significant first.
     private var sum: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     /// Rows digested so far.
@@ -29,6 +32,8 @@ public struct ResultDigest: Sendable {
         self.keyed = keyed
         ordered = keyed.start()
         ordered.update(Self.orderedLabel)
+        rowStart = keyed.start()
+        rowStart.update(Self.rowLabel)
     }
 
     /// Adds one row in its canonical encoding.
@@ -36,7 +41,9 @@ public struct ResultDigest: Sendable {
         rows += 1
         ordered.update(row)
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { buffer in
-            KeyedHash.sha256(row, into: buffer.baseAddress!)
+            var hasher = rowStart
+            hasher.update(row)
+            keyed.finish(hasher, into: buffer.baseAddress!)
             let bytes = UnsafeRawBufferPointer(buffer)
             func limb(_ offset: Int) -> UInt64 {
                 var value: UInt64 = 0
@@ -68,15 +75,11 @@ public struct ResultDigest: Sendable {
         keyed.finishHex(ordered)
     }
 
-    /// The multiset digest (hex): HMAC of the per-row SHA-256 digests summed modulo 2^256.
+    /// The multiset digest (hex): the per-row HMACs summed modulo 2^256.
     public var multisetHex: String {
-        var hasher = keyed.start()
-        hasher.update(Self.multisetLabel)
-        var total: [UInt8] = []
-        for limb in [sum.0, sum.1, sum.2, sum.3] {
-            for shift in stride(from: 56, through: 0, by: -8) { total.append(UInt8(truncatingIfNeeded: limb >> UInt64(shift))) }
-        }
-        hasher.update(total)
-        return keyed.finishHex(hasher)
+        [sum.0, sum.1, sum.2, sum.3].map { limb in
+            let text = String(limb, radix: 16)
+            return String(repeating: "0", count: 16 - text.count) + text
+        }.joined()
     }
 }

@@ -75,6 +75,15 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
     private func connect() {
         state = .connecting
         relay.delegate = self
+        // Connecting and authenticating have a deadline too: a silent backend must not park
+        // every session waiting for the catalog.
+        eventLoop.assumeIsolated().scheduleTask(in: .seconds(10)) { [weak self] () -> Void in
+            guard let self else { return }
+            switch self.state {
+            case .connecting, .authenticating: self.fail("catalog connection not ready within 10 s")
+            case .idle, .ready: break
+            }
+        }
         BackendConnector.connect(to: target, on: eventLoop, relay: relay, maxMessageSize: 1 << 26).assumeIsolated().whenComplete { [self] result in
             switch result {
             case .success(let channel):

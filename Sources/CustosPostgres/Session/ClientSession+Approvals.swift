@@ -14,25 +14,36 @@ extension ClientSession {
         guard let identity, let target, let approvals = gateway.approvals else { return }
         let approval = Approval(
             requester: identity, connection: target.connection.name, sessionID: events.sessionID, text: recorded.text, parameters: recorded.parameters,
-            fingerprint: Approval.fingerprint(text: action.text, parameters: action.parameters), rule: decision.rule ?? "?",
+            fingerprint: Approval.fingerprint(text: action.text, parameters: action.parameters), textMasked: recorded.masked,
+            analysis: action.statements.map(Approval.Analysis.init), rule: decision.rule ?? "?",
             approverGroups: review.approvers, required: review.required, createdAt: Date(), ttl: Self.seconds(review.ttl))
         // The statement's event (verdict review) goes first; the request's prompt commit carries it.
         gateway.recorder.appendLater(draft)
         held = HeldStatement(stage: .awaitingDecision, frame: frame, statement: pending.statement, action: pending.expectation, approval: (approval.id, nil, nil))
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
+        let id = approval.id
         approvals.request(approval) { result in
-            loop.execute { bound.value.approvalRequested(result, review: review, simple: frame.type == UInt8(ascii: "Q")) }
+            loop.execute { bound.value.approvalRequested(result, id: id, review: review, simple: frame.type == UInt8(ascii: "Q")) }
         }
     }
 
-    private func approvalRequested(_ result: Result<Approval, RecorderError>, review: ReviewSettings, simple: Bool) {
-        guard !isClosed, var parked = held, let id = parked.approval?.id else { return }
+    private func approvalRequested(_ result: Result<Approval, ApprovalError>, id: String, review: ReviewSettings, simple: Bool) {
+        // The hold may have ended meanwhile (cancel) and another begun: answer only our own.
+        guard !isClosed, var parked = held, parked.approval?.id == id else { return }
         guard case .success(let approval) = result, let approvals = gateway.approvals else {
             held = nil
-            refuseStatement(
-                ErrorFields(severity: "ERROR", sqlstate: "58030", message: "Custos cannot record this approval request: the store is unavailable; the statement was not run"),
-                simple: simple)
+            let error: ErrorFields
+            if case .failure(.tooManyPending) = result {
+                error = ErrorFields(
+                    severity: "ERROR", sqlstate: "53400",
+                    message: "too many statements of yours are waiting for approval (at most \(ApprovalBook.pendingLimit)); this one was not run")
+            } else {
+                error = ErrorFields(
+                    severity: "ERROR", sqlstate: "58030", message: "Custos cannot record this approval request: the store is unavailable; the statement was not run")
+            }
+            if let statement = parked.statement { recordResult(statement, error: error) }
+            refuseStatement(error, simple: simple)
             return drainQueue()
         }
         var notice = ErrorFields(
@@ -65,8 +76,25 @@ extension ClientSession {
         held = nil
         switch approval.status {
         case .approved:
-            _ = gateway.approvals?.use(approval.id, sessionID: events.sessionID)
-            forward(parked.frame, expecting: parked.action)
+            // The use is recorded before the statement runs, so a crash cannot leave the pass
+            // looking unused; a pass taken meanwhile (or expired) releases nothing here.
+            let loop = context.eventLoop
+            let bound = NIOLoopBound(self, eventLoop: loop)
+            let used = gateway.approvals?.use(approval.id, sessionID: events.sessionID) { result in
+                loop.execute { bound.value.useRecorded(result, parked: parked, simple: simple) }
+            }
+            if used == nil {
+                let error = ErrorFields(severity: "ERROR", sqlstate: "42501", message: "approval \(approval.id) was used or expired before this statement could run")
+                recordHeldOutcome(parked, error: error)
+                refuseStatement(error, simple: simple)
+            } else {
+                // Nothing runs until the use is recorded: keep the statement parked meanwhile.
+                var waiting = parked
+                waiting.stage = .awaitingCommit
+                waiting.approval = nil
+                held = waiting
+                return
+            }
         case .denied:
             let denial = approval.decisions.last { $0.verdict == .deny }
             let reason = denial?.comment.map { ": \($0)" } ?? ""
@@ -77,6 +105,21 @@ extension ClientSession {
             refuseStatement(error, simple: simple)
         case .expired, .used, .pending:
             let error = ErrorFields(severity: "ERROR", sqlstate: "42501", message: "approval \(approval.id) is \(approval.status.rawValue); the statement was not run")
+            recordHeldOutcome(parked, error: error)
+            refuseStatement(error, simple: simple)
+        }
+        drainQueue()
+    }
+
+    private func useRecorded(_ result: Result<Void, RecorderError>, parked: HeldStatement, simple: Bool) {
+        guard !isClosed, held?.frame == parked.frame, held?.stage == .awaitingCommit else { return }
+        held = nil
+        switch result {
+        case .success:
+            forward(parked.frame, expecting: parked.action)
+        case .failure:
+            let error = ErrorFields(
+                severity: "ERROR", sqlstate: "58030", message: "Custos cannot record the use of this approval: the store is unavailable; the statement was not run")
             recordHeldOutcome(parked, error: error)
             refuseStatement(error, simple: simple)
         }

@@ -79,15 +79,25 @@ extension ClientSession: BackendDelegate {
             let action = Action(channel: .simple, text: text, statements: resolvePrepared(gateway.gate.analyze(text)))
             submit(frame, action: action, expectation: { .query($0) })
         case .parse(let parse):
-            // Analysed once here; every Execute of it reuses the analysis.
-            preparedStatements[parse.statement] = Prepared(text: parse.query, statements: resolvePrepared(gateway.gate.analyze(parse.query)))
-            forward(frame, expecting: .parse)
+            // Analysed once here; every Execute of it reuses the analysis. A named statement that
+            // exists cannot be redefined (the backend refuses the Parse and keeps the old one):
+            // its name becomes opaque rather than taking the new text, which the backend never ran.
+            if !parse.statement.isEmpty, preparedStatements[parse.statement] != nil {
+                preparedStatements[parse.statement] = Prepared.unknown(parse.statement)
+            } else {
+                preparedStatements[parse.statement] = Prepared(text: parse.query, statements: resolvePrepared(gateway.gate.analyze(parse.query)))
+            }
+            forward(frame, expecting: .parse(parse.statement))
         case .bind(let bind):
             let prepared = preparedStatements[bind.statement] ?? Prepared.unknown(bind.statement)
             let parameters = bind.parameters.enumerated().map { index, value in Self.render(value, format: bind.format(of: index)) }
-            portals[bind.portal] = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
+            if !bind.portal.isEmpty, portals[bind.portal] != nil {
+                portals[bind.portal] = Prepared.unknown(portal: bind.portal)  // the backend refuses a second Bind of a named portal
+            } else {
+                portals[bind.portal] = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
+            }
             describedPortals.remove(bind.portal)
-            forward(frame, expecting: .bind)
+            forward(frame, expecting: .bind(bind.portal))
         case .describe(let target):
             if target.kind == UInt8(ascii: "S") {
                 forward(frame, expecting: .describeStatement)
@@ -162,7 +172,9 @@ extension ClientSession: BackendDelegate {
         var heldFor: ReviewSettings?
         if decision.verdict == .review, let review = decision.review, !review.approvers.isEmpty, let approvals = gateway.approvals {
             let fingerprint = Approval.fingerprint(text: action.text, parameters: action.parameters)
-            if let pass = approvals.takePass(for: identity, connection: target.connection.name, fingerprint: fingerprint, sessionID: events.sessionID) {
+            if let pass = approvals.takePass(
+                for: identity, connection: target.connection.name, fingerprint: fingerprint, rule: decision.rule, sessionID: events.sessionID)
+            {
                 // Approved earlier, for exactly this statement: it runs, once.
                 var released = Decision(verdict: .allow, rule: decision.rule, policy: decision.policy)
                 released.approval = pass.id
@@ -174,6 +186,13 @@ extension ClientSession: BackendDelegate {
         let recorded = recordedForm(of: action)
         let draft = events.statement(number: statementCount, action: action, decision: decision, recorded: recorded)
         if let review = heldFor {
+            // Planned as an allowed statement would be, so that once approved its COPY output is masked.
+            if let refusal = planCopies(action) {
+                gateway.recorder.appendLater(draft)
+                return refuseStatement(refusal, simple: simple)
+            }
+            trackPrepared(action.statements)
+            if action.statements.contains(where: { $0.kind == "prepare" }) { pendingPrepares[statementCount] = action.statements }
             let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
             return holdForApproval(frame, action: action, recorded: recorded, decision: decision, review: review, draft: draft, pending: (statement, expectation(statement)))
         }
@@ -191,6 +210,7 @@ extension ClientSession: BackendDelegate {
             return refuseStatement(error, simple: simple)
         }
         trackPrepared(action.statements)
+        if action.statements.contains(where: { $0.kind == "prepare" }) { pendingPrepares[statementCount] = action.statements }
         let statement = ResponseTracker.Statement(
             number: statementCount, startedAt: 0, rowLimit: decision.limits.maxRows, timeout: decision.limits.statementTimeout)
         switch gateway.settings.recordingMode {
@@ -266,6 +286,13 @@ extension ClientSession: BackendDelegate {
             switch effect {
             case .finished(let statement):
                 recordResult(statement, error: statement.error)
+            case .notCreated(let statement, let portal):
+                // Never created at the backend: whatever runs under that name later is unknown.
+                if let statement { preparedStatements[statement] = Prepared.unknown(statement) }
+                if let portal {
+                    portals[portal] = Prepared.unknown(portal: portal)
+                    describedPortals.remove(portal)
+                }
             case .emit(let error, let ready):
                 // Any error inside a transaction block fails the block, as in PostgreSQL.
                 if tracker.transactionStatus != .idle { abortedBlock = true }
@@ -291,16 +318,26 @@ extension ClientSession: BackendDelegate {
         }
     }
 
-    /// Remembers what an allowed `PREPARE` prepares (and forgets on `DEALLOCATE` / `DISCARD`).
+    /// Forgets what `DEALLOCATE` / `DISCARD` drop, at once (failing closed). What a `PREPARE`
+    /// prepares is remembered only once it succeeded (``preparedSucceeded(_:)``): a PREPARE the
+    /// backend refused (a duplicate name, an error) must not redefine the name.
     func trackPrepared(_ statements: [StatementInfo]) {
         for statement in statements {
             switch statement.kind {
-            case "prepare": if let name = statement.preparedName { sqlPrepared[name] = statement }
+            case "prepare": break
             case "deallocate":
                 if let name = statement.preparedName { sqlPrepared[name] = nil } else { sqlPrepared.removeAll() }
             case "discard": sqlPrepared.removeAll()
             default: break
             }
+        }
+    }
+
+    /// A statement string holding `PREPARE` completed without error: its names now exist.
+    func preparedSucceeded(_ number: Int) {
+        guard let statements = pendingPrepares.removeValue(forKey: number) else { return }
+        for statement in statements where statement.kind == "prepare" {
+            if let name = statement.preparedName { sqlPrepared[name] = statement }
         }
     }
 
@@ -330,6 +367,7 @@ extension ClientSession: BackendDelegate {
             commandTag: statement.commandTag, rows: statement.commandTag.flatMap(Self.rowCount) ?? statement.rows,
             errorCode: error?.sqlstate, errorMessage: error?.message, durationMicros: statement.startedAt == 0 ? 0 : Int64(elapsed))
         copyInfos[statement.number] = nil
+        if error == nil { preparedSucceeded(statement.number) } else { pendingPrepares[statement.number] = nil }
         if let capture = captures.removeValue(forKey: statement.number) {
             // A result with no rows still names its columns.
             if capture.columns.isEmpty, let plan = statement.portal.flatMap({ portalPlans[$0] }) { capture.describe(plan) }
@@ -381,8 +419,11 @@ extension ClientSession: BackendDelegate {
             case .batched: batched = true
             }
             if isClosed { return }
-        case .drop: return
+        case .drop:
+            if frame.type != UInt8(ascii: "D") { rowContext = nil }
+            return
         case .replace(let error):
+            rowContext = nil
             // A completed statement reported as failed fails the client's transaction block while
             // the backend's stays healthy: emulate it, as for a refusal.
             if frame.type != UInt8(ascii: "E"), tracker.transactionStatus != .idle { abortedBlock = true }

@@ -32,8 +32,10 @@ extension ClientSession {
                 let unknown = Set(columns.map(\.tableOID)).filter { $0 != 0 && catalog.cached($0) == nil && !catalogMisses.contains($0) }
                 if !unknown.isEmpty {
                     pauseBackend(frame)
-                    catalog.resolve(unknown, on: context.eventLoop).assumeIsolated().whenComplete { [self] result in
-                        if case .failure = result { catalogMisses.formUnion(unknown) }
+                    catalog.resolve(unknown, on: context.eventLoop).assumeIsolated().whenComplete { [self] _ in
+                        // Whatever the answer, an OID still unknown (a table another transaction
+                        // cannot see yet) is not asked again: its columns are redacted.
+                        catalogMisses.formUnion(unknown.filter { catalog.cached($0) == nil })
                         resumeBackend()
                     }
                     return false
@@ -144,8 +146,15 @@ extension ClientSession {
         switch frame.type {
         case UInt8(ascii: "D"):
             if rowContext == nil {
-                guard let context = makeRowContext(frame) else { return .unchanged }
-                rowContext = context
+                if let context = makeRowContext(frame) {
+                    rowContext = context
+                } else if maskingProfile.isEmpty {
+                    return .unchanged
+                } else {
+                    // Rows no statement accounts for, while masking applies: every value NULL.
+                    rowContext = RowContext(
+                        number: -1, plan: unknownPlan(frame), capture: nil, values: ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors))
+                }
             }
             let current = rowContext!
             do {
@@ -163,7 +172,18 @@ extension ClientSession {
                 return .unchanged
             }
         case UInt8(ascii: "d"):
-            guard let number = tracker.headStatement?.number else { return .unchanged }
+            if copyPlan == nil, !maskingProfile.isEmpty {
+                // COPY output Custos did not plan for, while masking applies: nothing of it leaves.
+                copyPlan = CopyPlan(info: CopyInfo(isFrom: false, table: nil), columns: nil, profile: MaskingProfile(
+                    rule: maskingProfile.rule, columns: ["*.*": .redact], columnNames: [], detectors: [:]))
+            }
+            guard let number = tracker.headStatement?.number else {
+                let masked = copyPlan?.mask(Array(frame.body.readableBytesView), values: ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors))
+                guard let masked else { return .unchanged }
+                var body = context.channel.allocator.buffer(capacity: masked.count)
+                body.writeBytes(masked)
+                return .replaced(PostgresFrame(type: UInt8(ascii: "d"), body: body))
+            }
             let row = Array(frame.body.readableBytesView)
             let format = Int16(copyPlan?.info.format == .binary ? 1 : 0)
             var encoded: [UInt8] = []
@@ -255,7 +275,11 @@ extension ClientSession {
         guard action.statements.contains(where: { $0.kind == "copy" }) else { return nil }
         var infos: [CopyInfo] = []
         for statement in action.statements where statement.kind == "copy" {
-            guard let info = gateway.gate.copyInfo(statement.text), !info.isFrom else { continue }
+            guard let info = gateway.gate.copyInfo(statement.text) else {
+                if maskingProfile.isEmpty { continue }
+                return ErrorFields(severity: "ERROR", sqlstate: "0A000", message: "this COPY cannot be masked (its form was not understood); it was not run")
+            }
+            guard !info.isFrom else { continue }
             if info.format == .binary, !maskingProfile.isEmpty {
                 return ErrorFields(
                     severity: "ERROR", sqlstate: "0A000", message: "COPY TO in binary format cannot be masked; use text or CSV format",

@@ -49,8 +49,10 @@ final class ClientSession: ChannelInboundHandler {
     var statementCount = 0
     var preparedStatements: [String: Prepared] = [:]
     var portals: [String: Action] = [:]
-    /// Statements prepared with SQL `PREPARE`, by name, as analysed.
+    /// Statements prepared with SQL `PREPARE`, by name, as analysed (once the PREPARE succeeded).
     var sqlPrepared: [String: StatementInfo] = [:]
+    /// Statement strings holding a `PREPARE`, by number, until they complete.
+    var pendingPrepares: [Int: [StatementInfo]] = [:]
     /// The client's transaction block failed at the gateway (a refused statement) while the
     /// backend's did not; the session answers as PostgreSQL does in a failed transaction.
     var abortedBlock = false

@@ -34,7 +34,11 @@ struct ResponseTracker {
     }
 
     enum Expectation: Equatable {
-        case parse, bind, close, sync
+        /// Parse of this statement name; Bind of this portal name. Until their completion the
+        /// backend may not have them: an error (or a skip to Sync) means it never did.
+        case parse(String)
+        case bind(String)
+        case close, sync
         case describeStatement
         case describePortal(String)
         /// A Describe the gateway added before an Execute whose portal the client never
@@ -58,6 +62,8 @@ struct ResponseTracker {
         case finished(Statement)
         /// Send a gateway-made refusal now (and a ReadyForQuery with the given status, if set).
         case emit(ErrorFields, readyForQuery: BackendMessage.TransactionStatus?)
+        /// A Parse or Bind failed or was skipped: the backend has no such statement or portal.
+        case notCreated(statement: String?, portal: String?)
     }
 
     private(set) var queue = CircularBuffer<Expectation>()
@@ -176,8 +182,8 @@ struct ResponseTracker {
                 queue[queue.startIndex] = .query(statement)
             default: break
             }
-        case UInt8(ascii: "1"): popIf(.parse)
-        case UInt8(ascii: "2"): popIf(.bind)
+        case UInt8(ascii: "1"): if case .parse = queue.first { queue.removeFirst() }
+        case UInt8(ascii: "2"): if case .bind = queue.first { queue.removeFirst() }
         case UInt8(ascii: "3"): popIf(.close)
         case UInt8(ascii: "t"): break  // ParameterDescription: a RowDescription or NoData follows
         case UInt8(ascii: "T"), UInt8(ascii: "n"):
@@ -262,6 +268,8 @@ struct ResponseTracker {
         while let entry = queue.first {
             switch entry {
             case .sync, .query, .refusal: return
+            case .parse(let name): effects.append(.notCreated(statement: name, portal: nil))
+            case .bind(let name): effects.append(.notCreated(statement: nil, portal: name))
             case .execute(var statement):
                 let own = statement.exceeded ?? (error.sqlstate == "57014" ? statement.timedOut : nil) ?? error
                 statement.error = groupError!.attributed ? Self.skipped(error) : own
