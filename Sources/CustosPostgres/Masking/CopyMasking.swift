@@ -26,6 +26,13 @@ struct CopyPlan {
         self.headerPending = info.header && info.format == .csv
     }
 
+    /// A plan that redacts every field: for COPY output whose columns are unknown.
+    static func redactingAll(_ info: CopyInfo) -> CopyPlan {
+        var plan = CopyPlan(info: info, columns: nil, profile: .none)
+        plan.redactAll = true
+        return plan
+    }
+
     /// The masked row, or nil when it goes unchanged. Fields are masked as text-format values of
     /// their column's type, so a masked number or date is NULL here too.
     mutating func mask(_ row: [UInt8], values: ValueMasker) -> [UInt8]? {

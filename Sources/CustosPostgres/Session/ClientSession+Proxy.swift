@@ -191,8 +191,7 @@ extension ClientSession: BackendDelegate {
                 gateway.recorder.appendLater(draft)
                 return refuseStatement(refusal, simple: simple)
             }
-            trackPrepared(action.statements)
-            if action.statements.contains(where: { $0.kind == "prepare" }) { pendingPrepares[statementCount] = action.statements }
+            trackPrepared(action.statements, number: statementCount)
             let statement = ResponseTracker.Statement(number: statementCount, startedAt: 0)
             return holdForApproval(frame, action: action, recorded: recorded, decision: decision, review: review, draft: draft, pending: (statement, expectation(statement)))
         }
@@ -209,8 +208,7 @@ extension ClientSession: BackendDelegate {
             }
             return refuseStatement(error, simple: simple)
         }
-        trackPrepared(action.statements)
-        if action.statements.contains(where: { $0.kind == "prepare" }) { pendingPrepares[statementCount] = action.statements }
+        trackPrepared(action.statements, number: statementCount)
         let statement = ResponseTracker.Statement(
             number: statementCount, startedAt: 0, rowLimit: decision.limits.maxRows, timeout: decision.limits.statementTimeout)
         switch gateway.settings.recordingMode {
@@ -321,7 +319,8 @@ extension ClientSession: BackendDelegate {
     /// Forgets what `DEALLOCATE` / `DISCARD` drop, at once (failing closed). What a `PREPARE`
     /// prepares is remembered only once it succeeded (``preparedSucceeded(_:)``): a PREPARE the
     /// backend refused (a duplicate name, an error) must not redefine the name.
-    func trackPrepared(_ statements: [StatementInfo]) {
+    func trackPrepared(_ statements: [StatementInfo], number: Int) {
+        if statements.contains(where: { $0.kind == "prepare" }) { pendingPrepares[number] = statements }
         for statement in statements {
             switch statement.kind {
             case "prepare": break

@@ -174,8 +174,7 @@ extension ClientSession {
         case UInt8(ascii: "d"):
             if copyPlan == nil, !maskingProfile.isEmpty {
                 // COPY output Custos did not plan for, while masking applies: nothing of it leaves.
-                copyPlan = CopyPlan(info: CopyInfo(isFrom: false, table: nil), columns: nil, profile: MaskingProfile(
-                    rule: maskingProfile.rule, columns: ["*.*": .redact], columnNames: [], detectors: [:]))
+                copyPlan = CopyPlan.redactingAll(CopyInfo(isFrom: false, table: nil))
             }
             guard let number = tracker.headStatement?.number else {
                 let masked = copyPlan?.mask(Array(frame.body.readableBytesView), values: ValueMasker(masker: gateway.masker, detectors: maskingProfile.detectors))
