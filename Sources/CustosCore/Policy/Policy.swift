@@ -114,12 +114,9 @@ public struct ReviewSettings: Sendable, Equatable {
     }
 
     var canonical: CanonicalJSON {
-        func milliseconds(_ duration: Duration) -> CanonicalJSON {
-            .int(Int64(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))
-        }
         return [
             "approvers": .array(approvers.map(CanonicalJSON.string)), "required": .int(Int64(required)),
-            "hold_timeout_ms": milliseconds(holdTimeout), "ttl_ms": milliseconds(ttl),
+            "hold_timeout_ms": canonicalMilliseconds(holdTimeout), "ttl_ms": canonicalMilliseconds(ttl),
         ]
     }
 }
@@ -150,7 +147,7 @@ public struct Limits: Sendable, Equatable {
     var canonical: CanonicalJSON {
         [
             "max_rows": .optional(maxRows),
-            "statement_timeout_ms": statementTimeout.map { .int(Int64($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000)) } ?? .null,
+            "statement_timeout_ms": statementTimeout.map(canonicalMilliseconds) ?? .null,
             "rate_per_second_milli": ratePerSecond.map { .int(Int64(($0 * 1000).rounded())) } ?? .null,
         ]
     }
@@ -188,4 +185,9 @@ public struct TimeWindow: Sendable, Equatable {
     var canonical: CanonicalJSON {
         ["weekdays": .array(weekdays.sorted().map { .int(Int64($0)) }), "from": .int(Int64(from)), "to": .int(Int64(to)), "time_zone": .string(timeZone.identifier)]
     }
+}
+
+/// A duration in the policy's canonical form: whole milliseconds.
+private func canonicalMilliseconds(_ duration: Duration) -> CanonicalJSON {
+    .int(Int64(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))
 }

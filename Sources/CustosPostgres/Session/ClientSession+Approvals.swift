@@ -52,8 +52,7 @@ extension ClientSession {
             hint: "an approver (group \(approval.approverGroups.joined(separator: ", "))) runs: custos approvals approve \(id)")
         notice.fields.append((UInt8(ascii: "D"), "approval id: \(id)"))
         send(.noticeResponse(notice), flush: true)
-        let nanoseconds = review.holdTimeout.components.seconds * 1_000_000_000 + review.holdTimeout.components.attoseconds / 1_000_000_000
-        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] () -> Void in
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(review.holdTimeout)) { [weak self] () -> Void in
             self?.holdTimedOut(id, ttl: review.ttl, simple: simple)
         }
         let loop = context.eventLoop

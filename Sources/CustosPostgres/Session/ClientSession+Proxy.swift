@@ -344,8 +344,7 @@ extension ClientSession: BackendDelegate {
     private func scheduleTimeout(_ statement: ResponseTracker.Statement) {
         guard let timeout = statement.timeout else { return }
         let number = statement.number
-        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-        context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] in
+        context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) { [weak self] in
             guard let self, !self.isClosed else { return }
             let error = ErrorFields(
                 severity: "ERROR", sqlstate: "57014",
@@ -507,5 +506,12 @@ extension ClientSession: BackendDelegate {
         guard let value else { return nil }
         if format == 0 { return String(buffer: value) }
         return "\\x" + value.readableBytesView.map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+extension TimeAmount {
+    /// A policy duration as an event-loop delay.
+    init(_ duration: Duration) {
+        self = .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
     }
 }
