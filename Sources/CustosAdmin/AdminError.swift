@@ -57,6 +57,15 @@ struct AdminError: Error, HTTPResponseError, CustomStringConvertible {
             headers: [.allow: allowed.joined(separator: ", ")])
     }
 
+    static func sessionNotFound(_ id: String) -> AdminError {
+        AdminError(status: .notFound, code: "not_found", message: "no session \(id)")
+    }
+
+    /// A route whose backing part this gateway was built without.
+    static func notConfigured(_ what: String) -> AdminError {
+        AdminError(status: .notFound, code: "not_configured", message: what)
+    }
+
     static let internalError = AdminError(status: .internalServerError, code: "internal", message: "internal error")
 
     /// Any other Hummingbird error (body too large, …): its status, a generic code.
@@ -99,5 +108,10 @@ enum JSONBody {
         let data = (try? encoder.encode(value)) ?? Data(#"{"error":{"code":"internal","message":"internal error"}}"#.utf8)
         return Response(
             status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// A response whose body is canonical JSON (records keep their exact text).
+    static func response(canonical value: CanonicalJSON, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: value.bytes)))
     }
 }

@@ -27,6 +27,8 @@ public final class Gateway: Service {
     /// Where the configuration was read from (SIGHUP re-reads its policy); nil when built in memory.
     let configPath: String?
     let verifier: TokenVerifier
+    /// Signs the chain head (checkpoints).
+    public let signer: CheckpointSigner
 
     /// Builds every part; fails with a ``ConfigError`` naming the key when a secret or file is unusable.
     public init(config: CustosConfig, configPath: String? = nil, logger: Logger) throws {
@@ -63,16 +65,32 @@ public final class Gateway: Service {
         // Keys before the store: nothing may fail once the writer thread runs.
         let digest = try KeyFile.load(path: config.keys.digestFile, key: "keys.digest_file")
         let masking = try KeyFile.load(path: config.keys.maskingFile, key: "keys.masking_file")
+        let signing = try KeyFile.load(path: config.keys.signingFile, key: "keys.signing_file")
         for (created, path, use) in [(digest.created, config.keys.digestFile, "result digests"), (masking.created, config.keys.maskingFile, "masking hashes")]
         where created {
             logger.warning("created a new key", metadata: ["path": "\(path)", "use": "\(use)"])
+        }
+        let signer: CheckpointSigner
+        do {
+            signer = try CheckpointSigner(seed: signing.key.withUnsafeBytes { Array($0) })
+        } catch {
+            throw ConfigError(key: "keys.signing_file", problem: "not an Ed25519 seed: \(error)")
+        }
+        self.signer = signer
+        if signing.created {
+            // Auditors pin this key: it should be copied somewhere this host cannot write.
+            logger.warning("created a new signing key", metadata: ["path": "\(config.keys.signingFile)", "public_key": "\(signer.publicKey)"])
+            FileHandle.standardError.write(
+                Data("custos: WARNING: created signing key \(config.keys.signingFile) (mode 0600); public key \(signer.publicKey) — keep a copy of it off this host\n".utf8))
         }
         do {
             try FileManager.default.createDirectory(
                 atPath: URL(fileURLWithPath: config.recording.store).deletingLastPathComponent().path, withIntermediateDirectories: true)
             self.store = try EventStore(path: config.recording.store)
             self.writer = try EventWriter(
-                store: store, writerID: try store.writerID(preferred: config.recording.writerID), queueLimit: config.recording.queueLimit, logger: logger)
+                store: store, writerID: try store.writerID(preferred: config.recording.writerID), queueLimit: config.recording.queueLimit,
+                signer: signer, checkpointEvery: config.recording.checkpointEvery, logger: logger)
+            try store.savePolicy(config.policy ?? .denyAll)
         } catch {
             throw ConfigError(key: "recording.store", problem: "cannot open the store: \(error)")
         }
@@ -106,7 +124,8 @@ public final class Gateway: Service {
         var roles: [AdminRole: [String]] = [:]
         for (name, groups) in admin.roles { if let role = AdminRole(rawValue: name) { roles[role] = groups } }
         let settings = AdminSettings(host: admin.host, port: admin.port, roles: roles)
-        return AdminAPI.application(settings: settings, verifier: verifier, approvals: approvals, logger: logger) { port in
+        let evidence = EvidenceKey(publicKey: signer.publicKey, writerID: writer.writerID)
+        return AdminAPI.application(settings: settings, verifier: verifier, approvals: approvals, audit: store, evidence: evidence, logger: logger) { port in
             FileHandle.standardError.write(Data("custos: admin API listening on \(admin.host):\(port)\n".utf8))
         }
     }
@@ -119,9 +138,12 @@ public final class Gateway: Service {
         let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
         let gate = self.gate
         let logger = self.logger
+        let store = self.store
         source.setEventHandler {
             do {
                 let policy = try CustosConfig.load(path: configPath).policy ?? .denyAll
+                // Kept before it decides anything, so that a bundle can always carry it.
+                try store.savePolicy(policy)
                 gate.reload(policy)
                 logger.notice("policy reloaded", metadata: ["policy": "\(policy.version)", "rules": "\(policy.rules.count)"])
                 FileHandle.standardError.write(Data("custos: policy reloaded (\(policy.version))\n".utf8))
@@ -132,6 +154,30 @@ public final class Gateway: Service {
         }
         source.resume()
         return source
+    }
+
+    /// Removes payloads older than `age`: first a `retention` event says which (committed, so
+    /// that verification accepts the removal), then the payloads go (docs/evidence.md).
+    func applyRetention(age: TimeInterval) async {
+        let before = Timestamp.format(Date().addingTimeInterval(-age))
+        do {
+            guard let head = try store.seqBounds(writerID: writer.writerID)?.upperBound,
+                try store.hasPayloads(writerID: writer.writerID, before: before, throughSeq: head)
+            else { return }
+            let draft = EventDraft(
+                kind: .retention, sessionID: "gateway", payload: ["before": .string(before), "through_seq": .int(head)])
+            let writer = self.writer
+            let recorded: Result<Void, RecorderError> = await withCheckedContinuation { continuation in
+                writer.append(draft) { continuation.resume(returning: $0) }
+            }
+            guard case .success = recorded else {
+                return logger.error("retention skipped: its event could not be recorded")
+            }
+            let removed = try store.prune(writerID: writer.writerID, before: before, throughSeq: head)
+            logger.notice("retention applied", metadata: ["before": "\(before)", "through_seq": "\(head)", "payloads_removed": "\(removed)"])
+        } catch {
+            logger.error("retention failed", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Binds the listener, serves until graceful shutdown, then closes the listener and commits
@@ -164,6 +210,25 @@ public final class Gateway: Service {
             }
         }
         defer { sweeper.cancel() }
+        // Checkpoints also on a clock, so that a quiet gateway's last events get signed.
+        let writer = self.writer
+        let interval = config.recording.checkpointInterval
+        let checkpoints = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
+                writer.requestCheckpoint()
+            }
+        }
+        defer { checkpoints.cancel() }
+        let retention = config.recording.retention.map { age in
+            Task {
+                while !Task.isCancelled {
+                    await self.applyRetention(age: age)
+                    try? await Task.sleep(for: .seconds(3600))
+                }
+            }
+        }
+        defer { retention?.cancel() }
         await withGracefulShutdownHandler {
             try? await listener.closeFuture.get()
         } onGracefulShutdown: {

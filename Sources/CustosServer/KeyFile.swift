@@ -1,3 +1,4 @@
+import CustosCore
 import Crypto
 import Foundation
 
@@ -41,28 +42,9 @@ enum KeyFile {
             throw ConfigError(key: configKey, problem: "cannot read \(path)")
         }
         let hex = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard hex.count == 64, let bytes = Self.bytes(hex) else {
+        guard hex.count == 64, let bytes = Hex.decode(hex) else {
             throw ConfigError(key: configKey, problem: "\(path) does not hold a key (expected 64 hex characters)")
         }
         return (SymmetricKey(data: bytes), created)
-    }
-
-    private static func bytes(_ hex: String) -> [UInt8]? {
-        var bytes: [UInt8] = []
-        var iterator = hex.utf8.makeIterator()
-        while let high = iterator.next(), let low = iterator.next() {
-            guard let h = nibble(high), let l = nibble(low) else { return nil }
-            bytes.append(h << 4 | l)
-        }
-        return bytes
-    }
-
-    private static func nibble(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 }

@@ -84,6 +84,52 @@ public final class EventStore: Sendable {
                     CREATE INDEX approvals_status ON approvals (status, created_at);
                     """)
         }
+        migrator.registerMigration("v3-evidence") { db in
+            // Signed chain heads; the policies decisions name; and the search index over statement
+            // events, kept by a trigger so that the writer's hot path stays one insert per event.
+            try db.execute(
+                sql: """
+                    CREATE TABLE checkpoints (
+                        writer_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        hash TEXT NOT NULL,
+                        at TEXT NOT NULL,
+                        public_key TEXT NOT NULL,
+                        signature TEXT NOT NULL,
+                        PRIMARY KEY (writer_id, seq)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE policies (version TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL, first_seen TEXT NOT NULL);
+                    CREATE TABLE statement_index (
+                        id INTEGER PRIMARY KEY,
+                        writer_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        session_id TEXT NOT NULL,
+                        verdict TEXT,
+                        UNIQUE (writer_id, seq)
+                    );
+                    CREATE INDEX statement_index_verdict ON statement_index (verdict, session_id);
+                    CREATE TABLE statement_tables (session_id TEXT NOT NULL, name TEXT NOT NULL);
+                    CREATE INDEX statement_tables_name ON statement_tables (name, session_id);
+                    CREATE VIRTUAL TABLE statement_text USING fts5(text, session_id UNINDEXED);
+                    CREATE TRIGGER events_index_statement AFTER INSERT ON events
+                    WHEN new.kind = 'statement' AND new.payload IS NOT NULL
+                    BEGIN
+                        INSERT INTO statement_index (writer_id, seq, session_id, verdict)
+                            VALUES (new.writer_id, new.seq, new.session_id, json_extract(new.payload, '$.decision.verdict'));
+                        INSERT INTO statement_tables (session_id, name)
+                            SELECT DISTINCT new.session_id, lower(value) FROM json_each(new.payload, '$.tables');
+                        INSERT INTO statement_text (rowid, text, session_id)
+                            VALUES ((SELECT id FROM statement_index WHERE writer_id = new.writer_id AND seq = new.seq),
+                                json_extract(new.payload, '$.text'), new.session_id);
+                    END;
+                    INSERT INTO statement_index (writer_id, seq, session_id, verdict)
+                        SELECT writer_id, seq, session_id, json_extract(payload, '$.decision.verdict')
+                        FROM events WHERE kind = 'statement' AND payload IS NOT NULL;
+                    INSERT INTO statement_text (rowid, text, session_id)
+                        SELECT statement_index.id, json_extract(events.payload, '$.text'), events.session_id
+                        FROM statement_index JOIN events USING (writer_id, seq);
+                    """)
+        }
         return migrator
     }
 
@@ -137,9 +183,11 @@ public final class EventStore: Sendable {
         }
     }
 
-    /// Inserts sealed events and their index updates in one transaction.
-    func insert(_ batch: [(Event, SessionIndexUpdate?, Approval?)]) throws {
+    /// Inserts sealed events and their index updates, and the checkpoint signing their head when
+    /// there is one, in one transaction.
+    func insert(_ batch: [(Event, SessionIndexUpdate?, Approval?)], checkpoint: Checkpoint? = nil) throws {
         try database.write { db in
+            if let checkpoint { try Self.insert(checkpoint, db) }
             let insertEvent = try db.cachedStatement(
                 sql: "INSERT INTO events (writer_id, seq, at, session_id, kind, payload, payload_hash, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)")
             for (event, index, approval) in batch {

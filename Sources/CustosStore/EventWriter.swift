@@ -10,7 +10,8 @@ import Logging
 /// than an insert, so this halves the commits of a statement (its result rides on the next).
 ///
 /// It owns the writer's chain head, so sequence numbers and previous hashes follow commit order.
-/// A session never blocks on it: `append` only queues.
+/// A session never blocks on it: `append` only queues. With a signer it also signs the head
+/// (a ``Checkpoint``) every `checkpointEvery` events, when asked, and when it stops.
 public final class EventWriter: Recorder, @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`, or touched only by the writer thread.
     private let store: EventStore
@@ -25,6 +26,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private let lazyWindow: TimeInterval
     private var stopping = false
     private var stopped = false
+    private var checkpointRequested = false
     private let queueLimit: Int
     private var thread: Thread?
 
@@ -33,10 +35,19 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     // Writer-thread state.
     private var seq: Int64
     private var lastHash: String
+    private let signer: CheckpointSigner?
+    private let checkpointEvery: Int64
+    private var signedSeq: Int64
 
     /// Starts a writer on `store`, continuing `writerID`'s chain where it ends.
-    public init(store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, logger: Logger) throws {
+    public init(
+        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, signer: CheckpointSigner? = nil,
+        checkpointEvery: Int = 1000, logger: Logger
+    ) throws {
         self.store = store
+        self.signer = signer
+        self.checkpointEvery = Int64(max(1, checkpointEvery))
+        self.signedSeq = try store.checkpoints(writerID: writerID).last?.seq ?? 0
         self.lazyWindow = lazyWindow
         self.writerID = writerID
         self.queueLimit = queueLimit
@@ -82,7 +93,16 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
     }
 
-    /// Commits what is queued, then stops the thread. Later appends fail.
+    /// Asks for a checkpoint of the head as soon as what is queued is committed (a no-op when
+    /// the head is already signed).
+    public func requestCheckpoint() {
+        condition.lock()
+        checkpointRequested = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Commits what is queued and signs the head, then stops the thread. Later appends fail.
     public func stop() {
         condition.lock()
         stopping = true
@@ -94,7 +114,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
-            while !stopping && prompt == 0 {
+            while !stopping && prompt == 0 && !checkpointRequested {
                 guard let since = lazySince else {
                     condition.wait()
                     continue
@@ -108,9 +128,15 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             prompt = 0
             lazySince = nil
             let done = stopping && batch.isEmpty
+            let signNow = checkpointRequested || done
+            checkpointRequested = false
             condition.unlock()
-            if done { break }
-            commit(batch)
+            if done || batch.isEmpty {
+                if signNow { signHead() }
+                if done { break }
+                continue
+            }
+            commit(batch, sign: signNow)
         }
         condition.lock()
         stopped = true
@@ -118,7 +144,29 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         condition.unlock()
     }
 
-    private func commit(_ batch: [(EventDraft, Completion?)]) {
+    /// Signs the committed head alone (when asked while nothing was queued, and at stop).
+    private func signHead() {
+        guard let checkpoint = checkpoint(seq: seq, hash: lastHash, force: true) else { return }
+        do {
+            try store.insert([], checkpoint: checkpoint)
+            signedSeq = checkpoint.seq
+        } catch {
+            logger.error("checkpoint not stored", metadata: ["error": "\(error)", "seq": "\(checkpoint.seq)"])
+        }
+    }
+
+    /// A checkpoint of the head at `seq` when one is due (or `force`d) and the head is unsigned.
+    private func checkpoint(seq: Int64, hash: String, force: Bool) -> Checkpoint? {
+        guard let signer, seq > signedSeq, force || seq - signedSeq >= checkpointEvery else { return nil }
+        do {
+            return try signer.sign(writerID: writerID, seq: seq, hash: hash)
+        } catch {
+            logger.error("checkpoint not signed", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func commit(_ batch: [(EventDraft, Completion?)], sign: Bool) {
         var seq = self.seq
         var lastHash = self.lastHash
         var sealed: [(Event, SessionIndexUpdate?, Approval?)] = []
@@ -131,9 +179,11 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
         let result: Result<Void, RecorderError>
         do {
-            try store.insert(sealed)
+            let checkpoint = checkpoint(seq: seq, hash: lastHash, force: sign)
+            try store.insert(sealed, checkpoint: checkpoint)
             self.seq = seq
             self.lastHash = lastHash
+            if let checkpoint { signedSeq = checkpoint.seq }
             result = .success(())
         } catch {
             // The chain head stays at the last committed event, so the chain has no gap.

@@ -2,27 +2,7 @@ import CustosCore
 import Foundation
 import GRDB
 
-/// Filters for listing sessions.
-public struct SessionFilter: Sendable {
-    /// Matches the subject or the email.
-    public var identity: String?
-    public var connection: String?
-    /// Sessions started at or after.
-    public var since: Date?
-    /// Sessions started at or before.
-    public var until: Date?
-    public var limit: Int
-
-    public init(identity: String? = nil, connection: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 1000) {
-        self.identity = identity
-        self.connection = connection
-        self.since = since
-        self.until = until
-        self.limit = limit
-    }
-}
-
-extension EventStore {
+extension EventStore: AuditLog {
     /// Sessions matching `filter`, newest first.
     public func sessions(_ filter: SessionFilter) throws -> [SessionSummary] {
         var clauses: [String] = []
@@ -42,6 +22,20 @@ extension EventStore {
         if let until = filter.until {
             clauses.append("started_at <= ?")
             arguments.append(Timestamp.format(until))
+        }
+        if let decision = filter.decision {
+            clauses.append("id IN (SELECT session_id FROM statement_index WHERE verdict = ?)")
+            arguments.append(decision.rawValue)
+        }
+        if let text = filter.text, let query = Self.fullTextQuery(text) {
+            clauses.append("id IN (SELECT session_id FROM statement_text WHERE statement_text MATCH ?)")
+            arguments.append(query)
+        }
+        if let table = filter.table?.lowercased() {
+            // `customers` also finds `public.customers`; a qualified name finds only itself.
+            clauses.append(
+                "id IN (SELECT session_id FROM statement_tables WHERE name = ? OR (length(name) > length(?) AND substr(name, length(name) - length(?)) = '.' || ?))")
+            arguments += [table, table, table, table]
         }
         let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
         arguments.append(filter.limit)
@@ -73,6 +67,13 @@ extension EventStore {
         try database.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM events WHERE writer_id = ? ORDER BY seq", arguments: [writerID]).map(Self.event)
         }
+    }
+
+    /// Words as an FTS5 query: each a quoted phrase (so that no word is read as FTS syntax), all
+    /// required. Nil when there are no words.
+    static func fullTextQuery(_ text: String) -> String? {
+        let words = text.split(whereSeparator: \.isWhitespace).map { "\"" + $0.replacingOccurrences(of: "\"", with: "\"\"") + "\"" }
+        return words.isEmpty ? nil : words.joined(separator: " ")
     }
 
     /// Counting statements at read time keeps the hot path to one insert per event.

@@ -4,9 +4,9 @@ import CustosServer
 import CustosStore
 import Foundation
 
-/// `custos sessions list|show`: read the store named in the config (also while the gateway runs).
+/// `custos sessions list|show|export`: read the store named in the config (also while the gateway runs).
 struct Sessions: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Search and show recorded sessions.", subcommands: [List.self, Show.self])
+    static let configuration = CommandConfiguration(abstract: "Search, show and export recorded sessions.", subcommands: [List.self, Show.self, Export.self])
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List sessions, newest first.")
@@ -16,6 +16,9 @@ struct Sessions: AsyncParsableCommand {
         @Option(help: "Connection name.") var connection: String?
         @Option(help: "Started at or after: RFC 3339 or a duration ago (2h, 7d).") var since: String?
         @Option(help: "Started at or before: RFC 3339 or a duration ago.") var until: String?
+        @Option(help: "With a statement decided so: allow, deny or review.") var decision: Decision.Verdict?
+        @Option(help: "With a statement whose recorded text holds all these words.") var text: String?
+        @Option(help: "With a statement that touched this table (name or schema.name).") var table: String?
         @Option(help: "At most this many sessions.") var limit: Int = 1000
         @Flag(help: "Print a JSON array.") var json = false
 
@@ -23,7 +26,7 @@ struct Sessions: AsyncParsableCommand {
             let store = try openStore(options)
             let filter = SessionFilter(
                 identity: identity, connection: connection, since: try since.map { try parseTime($0, option: "--since") },
-                until: try until.map { try parseTime($0, option: "--until") }, limit: limit)
+                until: try until.map { try parseTime($0, option: "--until") }, decision: decision, text: text, table: table, limit: limit)
             let sessions = try store.sessions(filter)
             if json {
                 return try printJSON(sessions.map(sessionObject))
@@ -83,7 +86,37 @@ struct Sessions: AsyncParsableCommand {
             if statements.isEmpty { print("(no statements)") }
         }
     }
+
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write one session's events, one JSON object per line, as stored.")
+
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "Session id (or a unique prefix).") var id: String
+        @Option(help: "Output format (jsonl).") var format: String = "jsonl"
+        @Option(name: .shortAndLong, help: "Write to this file instead of standard output.") var output: String?
+
+        func validate() throws {
+            guard format == "jsonl" else { throw ValidationError("--format: only jsonl is supported") }
+        }
+
+        func run() throws {
+            let store = try openStore(options)
+            guard let (_, events) = try store.session(id: id) else { throw CLIError("no session \(id)") }
+            let text = events.map { $0.line + "\n" }.joined()
+            if let output {
+                do {
+                    try Data(text.utf8).write(to: URL(fileURLWithPath: output))
+                } catch {
+                    throw CLIError("cannot write \(output): \(error.localizedDescription)")
+                }
+            } else {
+                print(text, terminator: "")
+            }
+        }
+    }
 }
+
+extension Decision.Verdict: ExpressibleByArgument {}
 
 func openStore(_ options: ConfigOption) throws -> EventStore {
     let config = try options.load()

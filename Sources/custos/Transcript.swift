@@ -37,7 +37,7 @@ enum Transcript {
         var heldFor: [String: Int] = [:]
         var lastReview: Int?
         for event in events {
-            guard let payload = (try? JSONSerialization.jsonObject(with: Data(event.payload.utf8))) as? [String: Any] else { continue }
+            guard let text = event.payload, let payload = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else { continue }
             if event.kind.hasPrefix("approval."), let approval = payload["approval"] as? [String: Any], let id = approval["id"] as? String {
                 if event.kind == EventKind.approvalRequested.rawValue, let number = lastReview { heldFor[id] = number }
                 guard let number = heldFor[id] else { continue }
@@ -87,7 +87,7 @@ enum Transcript {
     static func eventObject(_ event: Event) -> [String: Any] {
         [
             "writer_id": event.writerID, "seq": event.seq, "at": event.at, "session_id": event.sessionID, "kind": event.kind,
-            "payload": (try? JSONSerialization.jsonObject(with: Data(event.payload.utf8))) ?? event.payload,
+            "payload": event.payload.map { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) ?? $0 } ?? NSNull(),
             "payload_hash": event.payloadHash, "prev_hash": event.prevHash, "hash": event.hash,
         ]
     }

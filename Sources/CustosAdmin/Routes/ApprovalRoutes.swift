@@ -28,6 +28,8 @@ struct ApprovalRoutes: Sendable {
             return try await decide(request, context: context, by: identity, verdict: .approve)
         case .deny:
             return try await decide(request, context: context, by: identity, verdict: .deny)
+        case .listSessions, .getSession, .evidenceKey:
+            throw AdminError.internalError  // routed to AuditRoutes
         }
     }
 

@@ -11,6 +11,8 @@ public struct Policy: Sendable, Equatable {
     public var masking: MaskingPolicy
     /// SHA-256 (hex) of the policy's canonical form: recorded with every decision.
     public let version: String
+    /// The canonical JSON text whose SHA-256 is ``version``: what an evidence bundle carries.
+    public let canonicalText: String
 
     public init(rules: [PolicyRule], defaultMessage: String = "denied by policy: no rule allows this statement", masking: MaskingPolicy = MaskingPolicy()) {
         self.rules = rules
@@ -21,6 +23,7 @@ public struct Policy: Sendable, Equatable {
         if !masking.rules.isEmpty {
             canonical = ["default_message": .string(defaultMessage), "rules": .array(rules.map(\.canonical)), "masking": masking.canonical]
         }
+        self.canonicalText = canonical.text
         self.version = EventChain.sha256Hex(canonical.bytes)
     }
 

@@ -39,6 +39,8 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case approvalDecided = "approval.decided"
     case approvalExpired = "approval.expired"
     case approvalUsed = "approval.used"
+    /// Payloads before a time are being removed (docs/evidence.md, "Retention").
+    case retention = "retention"
 }
 
 /// A committed, hash-chained event as stored.
@@ -48,12 +50,13 @@ public struct Event: Sendable, Equatable, Codable {
     public var at: String
     public var sessionID: String
     public var kind: String
-    public var payload: String
+    /// The canonical JSON text; nil once retention removed it (its hash stays).
+    public var payload: String?
     public var payloadHash: String
     public var prevHash: String
     public var hash: String
 
-    public init(writerID: String, seq: Int64, at: String, sessionID: String, kind: String, payload: String, payloadHash: String, prevHash: String, hash: String) {
+    public init(writerID: String, seq: Int64, at: String, sessionID: String, kind: String, payload: String?, payloadHash: String, prevHash: String, hash: String) {
         self.writerID = writerID
         self.seq = seq
         self.at = at
@@ -64,6 +67,37 @@ public struct Event: Sendable, Equatable, Codable {
         self.prevHash = prevHash
         self.hash = hash
     }
+}
+
+extension Event {
+    enum CodingKeys: String, CodingKey {
+        case writerID = "writer_id", seq, at, sessionID = "session_id", kind, payload, payloadHash = "payload_hash", prevHash = "prev_hash", hash
+    }
+
+    /// Encodes as one line of a bundle's `events.jsonl`, `payload` null when absent.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(writerID, forKey: .writerID)
+        try container.encode(seq, forKey: .seq)
+        try container.encode(at, forKey: .at)
+        try container.encode(sessionID, forKey: .sessionID)
+        try container.encode(kind, forKey: .kind)
+        try container.encode(payload, forKey: .payload)
+        try container.encode(payloadHash, forKey: .payloadHash)
+        try container.encode(prevHash, forKey: .prevHash)
+        try container.encode(hash, forKey: .hash)
+    }
+
+    /// The event as JSON, `payload` as the stored text (hash it as it is).
+    public var canonical: CanonicalJSON {
+        [
+            "writer_id": .string(writerID), "seq": .int(seq), "at": .string(at), "session_id": .string(sessionID), "kind": .string(kind),
+            "payload": .optional(payload), "payload_hash": .string(payloadHash), "prev_hash": .string(prevHash), "hash": .string(hash),
+        ]
+    }
+
+    /// The event as one canonical JSON line (docs/evidence.md, "Evidence bundles").
+    public var line: String { canonical.text }
 }
 
 /// The hash chain's arithmetic, exactly as docs/evidence.md defines it.
@@ -94,7 +128,7 @@ public enum EventChain {
 
     /// Checks one event's own hashes (not its link to the previous event).
     public static func isSelfConsistent(_ event: Event) -> Bool {
-        sha256Hex(event.payload.utf8) == event.payloadHash
+        (event.payload.map { sha256Hex($0.utf8) == event.payloadHash } ?? true)
             && eventHash(writerID: event.writerID, seq: event.seq, at: event.at, sessionID: event.sessionID, kind: event.kind, payloadHash: event.payloadHash, prevHash: event.prevHash) == event.hash
     }
 

@@ -82,6 +82,8 @@ public struct SessionEvents: Sendable {
             "parameters": .array(recorded.parameters.map(CanonicalJSON.optional)),
             "text_masked": .bool(recorded.masked),
             "decision": Self.decision(decision),
+            // What the parser found it touches, so that sessions can be searched by table.
+            "tables": .array(Set(action.statements.flatMap { $0.tablesRead + $0.tablesWritten }).sorted().map(CanonicalJSON.string)),
         ]
         return EventDraft(kind: .statement, sessionID: sessionID, at: at, payload: payload)
     }

@@ -52,6 +52,12 @@ public struct CustosConfig: Sendable {
         public var queueLimit: Int
         /// How many (masked) rows of each result a statement's record keeps.
         public var sampleRows: Int
+        /// Sign the chain head after this many events ...
+        public var checkpointEvery: Int = 1000
+        /// ... and after this long when events arrived meanwhile (seconds).
+        public var checkpointInterval: TimeInterval = 60
+        /// Payloads older than this are removed (seconds); nil keeps them for ever.
+        public var retention: TimeInterval?
     }
 
     /// The admin HTTP API: where it listens and which groups hold which role.
@@ -74,6 +80,8 @@ public struct CustosConfig: Sendable {
         public var digestFile: String
         /// Keys the `hash` masking strategy, so equal values stay joinable.
         public var maskingFile: String
+        /// The Ed25519 seed that signs checkpoints.
+        public var signingFile: String = ""
     }
 
     public var listen: Listen
@@ -151,20 +159,31 @@ public struct CustosConfig: Sendable {
         guard let mode = RecordingMode(rawValue: modeText) else {
             throw ConfigError(key: "recording.mode", problem: "expected write-ahead or async")
         }
-        let recording = Recording(
+        var recording = Recording(
             store: resolve(try recordingReader.string("store", default: "custos.sqlite")), mode: mode,
             writerID: try recordingReader.optionalString("writer_id"),
             queueLimit: try recordingReader.int("queue_limit", default: 100_000, range: 1...10_000_000),
             sampleRows: try recordingReader.int("sample_rows", default: 20, range: 0...10_000))
+        recording.checkpointEvery = try recordingReader.int("checkpoint_every", default: 1000, range: 1...10_000_000)
+        recording.checkpointInterval = try recordingReader.duration("checkpoint_interval", default: 60)
+        guard recording.checkpointInterval >= 0.1 else {
+            throw ConfigError(key: "recording.checkpoint_interval", problem: "expected at least 100ms")
+        }
+        if recordingReader.raw("retention") != nil {
+            let retention = try recordingReader.duration("retention", default: 0)
+            guard retention >= 1 else { throw ConfigError(key: "recording.retention", problem: "expected a duration of at least 1s, such as 90d") }
+            recording.retention = retention
+        }
         try recordingReader.finish()
 
         // By default the keys live beside the store.
         var keysReader = try root.child("keys")
         let storeFolder = URL(fileURLWithPath: recording.store).deletingLastPathComponent().path
         let beside = { (name: String) in URL(fileURLWithPath: storeFolder).appendingPathComponent(name).path }
-        let keys = Keys(
+        var keys = Keys(
             digestFile: try keysReader.optionalString("digest_file").map(resolve) ?? beside("custos-digest.key"),
             maskingFile: try keysReader.optionalString("masking_file").map(resolve) ?? beside("custos-masking.key"))
+        keys.signingFile = try keysReader.optionalString("signing_file").map(resolve) ?? beside("custos-signing.key")
         try keysReader.finish()
 
         var admin: Admin?

@@ -1,0 +1,134 @@
+import CustosCore
+import Foundation
+import GRDB
+
+/// The store's evidence side: checkpoints, policies, retention, and reading chains to verify
+/// or export them (docs/evidence.md).
+extension EventStore {
+    static func insert(_ checkpoint: Checkpoint, _ db: Database) throws {
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO checkpoints (writer_id, seq, hash, at, public_key, signature) VALUES (?,?,?,?,?,?)")
+            .execute(arguments: [checkpoint.writerID, checkpoint.seq, checkpoint.hash, checkpoint.at, checkpoint.publicKey, checkpoint.signature])
+    }
+
+    /// Every writer with events or checkpoints in this store.
+    public func writers() throws -> [String] {
+        try database.read { db in
+            try String.fetchAll(db, sql: "SELECT writer_id FROM events UNION SELECT writer_id FROM checkpoints ORDER BY 1")
+        }
+    }
+
+    /// A writer's checkpoints, oldest first.
+    public func checkpoints(writerID: String) throws -> [Checkpoint] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM checkpoints WHERE writer_id = ? ORDER BY seq", arguments: [writerID]).map {
+                Checkpoint(writerID: $0["writer_id"], seq: $0["seq"], hash: $0["hash"], at: $0["at"], publicKey: $0["public_key"], signature: $0["signature"])
+            }
+        }
+    }
+
+    /// The lowest and highest `seq` of a writer's events, optionally only those dated within a range.
+    public func seqBounds(writerID: String, since: Date? = nil, until: Date? = nil) throws -> ClosedRange<Int64>? {
+        try database.read { db in
+            var clauses = ["writer_id = ?"]
+            var arguments: [any DatabaseValueConvertible] = [writerID]
+            if let since {
+                clauses.append("at >= ?")
+                arguments.append(Timestamp.format(since))
+            }
+            if let until {
+                clauses.append("at <= ?")
+                arguments.append(Timestamp.format(until))
+            }
+            let row = try Row.fetchOne(
+                db, sql: "SELECT min(seq) AS low, max(seq) AS high FROM events WHERE \(clauses.joined(separator: " AND "))",
+                arguments: StatementArguments(arguments))
+            guard let low: Int64 = row?["low"], let high: Int64 = row?["high"] else { return nil }
+            return low...high
+        }
+    }
+
+    /// The hash of one event, if present.
+    public func eventHash(writerID: String, seq: Int64) throws -> String? {
+        try database.read { db in
+            try String.fetchOne(db, sql: "SELECT hash FROM events WHERE writer_id = ? AND seq = ?", arguments: [writerID, seq])
+        }
+    }
+
+    /// Calls `body` with each event of a writer in `seq` order, streaming (constant memory).
+    public func forEachEvent(writerID: String, in range: ClosedRange<Int64>? = nil, _ body: (Event) throws -> Void) throws {
+        try database.read { db in
+            let low = range?.lowerBound ?? Int64.min
+            let high = range?.upperBound ?? Int64.max
+            let rows = try Row.fetchCursor(
+                db, sql: "SELECT * FROM events WHERE writer_id = ? AND seq BETWEEN ? AND ? ORDER BY seq", arguments: [writerID, low, high])
+            while let row = try rows.next() { try body(Self.event(row)) }
+        }
+    }
+
+    /// What a writer's `retention` events promise about removed payloads.
+    public func retentionMarks(writerID: String) throws -> [ChainVerifier.RetentionMark] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM events WHERE writer_id = ? AND kind = 'retention' ORDER BY seq", arguments: [writerID])
+                .compactMap { ChainVerifier.RetentionMark(event: Self.event($0)) }
+        }
+    }
+
+    /// Keeps a policy's canonical text, so that a bundle can carry the policies its decisions name.
+    public func savePolicy(_ policy: Policy) throws {
+        try database.write { db in
+            try db.execute(
+                sql: "INSERT OR IGNORE INTO policies (version, body, first_seen) VALUES (?,?,?)",
+                arguments: [policy.version, policy.canonicalText, Timestamp.format(Date())])
+        }
+    }
+
+    /// The canonical text of each known policy among `versions`.
+    public func policies(versions: Set<String>) throws -> [(version: String, body: String)] {
+        try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT version, body FROM policies ORDER BY first_seen").compactMap { row in
+                let version: String = row["version"]
+                return versions.contains(version) ? (version, row["body"]) : nil
+            }
+        }
+    }
+
+    /// Whether any payload of `writerID` up to `throughSeq` is dated before `before`.
+    public func hasPayloads(writerID: String, before: String, throughSeq: Int64) throws -> Bool {
+        try database.read { db in
+            try Bool.fetchOne(
+                db, sql: "SELECT EXISTS (SELECT 1 FROM events WHERE writer_id = ? AND seq <= ? AND at < ? AND payload IS NOT NULL AND kind != 'retention')",
+                arguments: [writerID, throughSeq, before]) ?? false
+        }
+    }
+
+    /// Removes the payloads a committed `retention` event announced: events of `writerID` up to
+    /// `throughSeq` dated before `before`, in batches so that the event writer is never held up
+    /// for long. Also drops their statement text from the search index, and approvals decided
+    /// before the cutoff. Returns how many payloads were removed.
+    public func prune(writerID: String, before: String, throughSeq: Int64, batch: Int = 5000) throws -> Int {
+        var removed = 0
+        while true {
+            let changed = try database.write { db -> Int in
+                let seqs = try Int64.fetchAll(
+                    db, sql: "SELECT seq FROM events WHERE writer_id = ? AND seq <= ? AND at < ? AND payload IS NOT NULL AND kind != 'retention' LIMIT ?",
+                    arguments: [writerID, throughSeq, before, batch])
+                guard !seqs.isEmpty else { return 0 }
+                let marks = seqs.map { _ in "?" }.joined(separator: ",")
+                var values: [(any DatabaseValueConvertible)?] = [writerID]
+                values += seqs.map { $0 }
+                let arguments = StatementArguments(values)
+                try db.execute(sql: "UPDATE events SET payload = NULL WHERE writer_id = ? AND seq IN (\(marks))", arguments: arguments)
+                try db.execute(
+                    sql: "DELETE FROM statement_text WHERE rowid IN (SELECT id FROM statement_index WHERE writer_id = ? AND seq IN (\(marks)))",
+                    arguments: arguments)
+                return seqs.count
+            }
+            removed += changed
+            if changed == 0 { break }
+        }
+        try database.write { db in
+            try db.execute(sql: "DELETE FROM approvals WHERE status != 'pending' AND created_at < ?", arguments: [before])
+        }
+        return removed
+    }
+}
