@@ -21,7 +21,6 @@ import re
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -380,6 +379,6 @@ def summarize(result: dict) -> str:
     return f"{p['kind']} at {p['writer_id']}#{p['seq']}: {p['detail']}"
 
 
-__all__: Iterable[str] = ("verify_events", "read_store", "verify_store", "verify_bundle", "event_hash",
+__all__ = ("verify_events", "read_store", "verify_store", "verify_bundle", "event_hash",
                           "checkpoint_message", "public_key_from_seed", "public_key_from_file", "signature_valid",
                           "summarize", "KINDS", "GENESIS")

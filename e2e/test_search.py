@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -128,6 +128,7 @@ def expect(world: World, args: tuple[str, ...], expected: set[str]) -> None:
 # The filters and the sessions each must return (identical through the CLI and the API).
 def cases(world: World) -> list[tuple[dict, set[str]]]:
     every = set(PLAN)
+    hour_ago = rfc3339(datetime.now(timezone.utc) - timedelta(hours=1))
     return [
         ({}, every),
         ({"identity": "alice@search.example"}, {"s1", "s2"}),
@@ -138,8 +139,8 @@ def cases(world: World) -> list[tuple[dict, set[str]]]:
         ({"connection": "appdb"}, {"s1", "s2", "s3", "s5"}),
         ({"since": world.cut}, {"s5"}),
         ({"until": world.cut}, {"s1", "s2", "s3", "s4"}),
-        ({"since": "1h"}, every),
-        ({"until": "1h"}, set()),
+        ({"since": hour_ago}, every),
+        ({"until": hour_ago}, set()),
         ({"decision": "deny"}, {"s2"}),
         ({"decision": "review"}, {"s3"}),
         ({"decision": "allow"}, {"s1", "s2", "s3", "s4", "s5"}),
@@ -202,6 +203,12 @@ def test_each_filter_returns_exactly_the_expected_sessions_in_the_cli(world):
         expect(world, cli_args(query), expected)
 
 
+def test_the_cli_takes_durations_ago(world):
+    expect(world, ("--since", "1h"), set(PLAN))
+    expect(world, ("--until", "1h"), set())
+    expect(world, ("--since", "1h", "--text", "amber falcon"), {"s1", "s5"})
+
+
 def test_the_combined_filters_also_keep_newest_first(world):
     sessions = world.gw.sessions("--text", "falcon")
     started = [s["started_at"] for s in sessions]
@@ -242,7 +249,7 @@ def api(world: World, path: str, token: str | None = None) -> tuple[int, object]
 
 
 def api_sessions(world: World, token: str, query: dict) -> list[dict]:
-    path = "/api/v1/sessions" + ("?" + urllib.parse.urlencode(query) if query else "")
+    path = "/api/v1/sessions" + ("?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote) if query else "")
     status, body = api(world, path, token)
     assert status == 200, (path, status, body)
     assert isinstance(body, dict) and isinstance(body.get("sessions"), list), body
@@ -260,6 +267,13 @@ def test_each_filter_returns_exactly_the_expected_sessions_in_the_api(world, aud
         ids = [s["id"] for s in found]
         assert len(ids) == len(set(ids))
         assert names(world, ids) == expected, f"GET /api/v1/sessions?{urllib.parse.urlencode(query)}: {sorted(names(world, ids))}"
+
+
+def test_api_query_plus_is_a_space(world, auditor):
+    """A form-encoded query (urlencode, URLSearchParams, HTML forms) writes a space as '+'."""
+    status, body = api(world, "/api/v1/sessions?text=FALCON+Amber", auditor)
+    assert status == 200, (status, body)
+    assert names(world, [s["id"] for s in body["sessions"]]) == {"s1", "s5"}, body
 
 
 def test_api_sessions_are_the_cli_objects(world, auditor):

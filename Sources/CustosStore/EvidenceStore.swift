@@ -127,6 +127,12 @@ extension EventStore {
             if changed == 0 { break }
         }
         try database.write { db in
+            // Also text whose payload went by other means, so that search never finds what the record lacks.
+            try db.execute(
+                sql: """
+                    DELETE FROM statement_text WHERE rowid IN
+                        (SELECT statement_index.id FROM statement_index JOIN events USING (writer_id, seq) WHERE events.payload IS NULL)
+                    """)
             try db.execute(sql: "DELETE FROM approvals WHERE status != 'pending' AND created_at < ?", arguments: [before])
         }
         return removed

@@ -1,7 +1,9 @@
 """Slow evidence checks (scripts/evidence-check), against docs/evidence.md:
 
 1. Tamper suite: a real store (several sessions, checkpoints every 25 events, a denial, a clean
-   stop) copied and mutated a thousand times, one random mutation per copy; `custos verify` and
+   stop) copied and mutated a thousand times, one random mutation per copy (a payload character,
+   payload_hash, prev_hash, hash, a payload set to NULL, a deleted event, two swapped events, a
+   truncated tail, a checkpoint's signature, a checkpoint re-signed by another key); `custos verify` and
    the independent Python verifier (e2e/evidence_verify.py) must both name the expected kind and
    seq, and untouched copies must verify.
 2. Durability: pgbench through the gateway, `kill -9` mid-run, restart on the same store; every
@@ -25,17 +27,17 @@ import re
 import shutil
 import signal
 import sqlite3
-import string
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import psycopg
-import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import evidence_verify as ev
-from custos_e2e import Gateway, GatewayError, custos_bin
+from custos_e2e import Gateway, custos_bin
 
 SEED = int(os.environ.get("CUSTOS_EVIDENCE_SEED") or random.SystemRandom().randrange(1, 2**31))
 MUTATIONS = int(os.environ.get("CUSTOS_EVIDENCE_MUTATIONS", "1040"))
@@ -182,7 +184,8 @@ def plan_mutations(rng: random.Random, events: list[dict], checkpoints: list[dic
     by_seq = {e["seq"]: e for e in events}
     last_cp = max(c["seq"] for c in checkpoints)
     with_payload = [e["seq"] for e in events if e["payload"] is not None]
-    categories = ["payload_char", "payload_hash", "prev_hash", "hash", "delete", "swap", "truncate", "signature"]
+    categories = ["payload_char", "payload_hash", "prev_hash", "hash", "payload_null", "delete", "swap", "truncate",
+                  "signature", "signing_key"]
     per = -(-MUTATIONS // len(categories))
     plan: list[Mutation] = []
 
@@ -203,6 +206,10 @@ def plan_mutations(rng: random.Random, events: list[dict], checkpoints: list[dic
                 value = random_hex(rng, 64, by_seq[s][category])
                 plan.append(Mutation(category, "modified", s, f"{category} of seq {s} -> {value[:12]}…",
                                      update(category, s, value)))
+            elif category == "payload_null":
+                # a payload removed with no retention event covering it (the store has none)
+                s = rng.choice(with_payload)
+                plan.append(Mutation(category, "modified", s, f"payload of seq {s} -> NULL", update("payload", s, None)))
             elif category == "delete":
                 s = rng.randint(2, n - 1)
                 plan.append(Mutation(category, "missing", s, f"delete seq {s}",
@@ -222,6 +229,16 @@ def plan_mutations(rng: random.Random, events: list[dict], checkpoints: list[dic
                                      lambda db, c=c, value=value: db.execute(
                                          "UPDATE checkpoints SET signature = ? WHERE writer_id = ? AND seq = ? AND signature = ?",
                                          (value, c["writer_id"], c["seq"], c["signature"]))))
+            elif category == "signing_key":
+                # a checkpoint re-signed by another key, its public_key column naming that key
+                c = rng.choice(checkpoints)
+                other = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+                forged = {**c, "public_key": other.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()}
+                forged["signature"] = other.sign(ev.checkpoint_message(forged)).hex()
+                plan.append(Mutation(category, "signature_invalid", c["seq"], f"the checkpoint at seq {c['seq']} signed by another key",
+                                     lambda db, c=c, f=forged: db.execute(
+                                         "UPDATE checkpoints SET public_key = ?, signature = ? WHERE writer_id = ? AND seq = ? AND signature = ?",
+                                         (f["public_key"], f["signature"], c["writer_id"], c["seq"], c["signature"]))))
     plan += [Mutation("untouched", None, None, "no change", lambda db: None) for _ in range(UNTOUCHED)]
     rng.shuffle(plan)
     return plan
@@ -360,8 +377,8 @@ def test_tamper_suite(launcher, mint, tmp_path):
             f"({elapsed / len(plan) * 1000:.0f} ms per copy, {WORKERS} at a time); seed {SEED}")
         say(f"  {'category':<14}{'runs':>6}{'custos ok':>11}{'python ok':>11}  expected")
         expected_kind = {"payload_char": "modified", "payload_hash": "modified", "prev_hash": "modified", "hash": "modified",
-                         "delete": "missing", "swap": "reordered", "truncate": "truncated",
-                         "signature": "signature_invalid", "untouched": "intact"}
+                         "payload_null": "modified", "delete": "missing", "swap": "reordered", "truncate": "truncated",
+                         "signature": "signature_invalid", "signing_key": "signature_invalid", "untouched": "intact"}
         for category in sorted(tally):
             t = tally[category]
             say(f"  {category:<14}{t['runs']:>6}{t['cli_ok']:>11}{t['py_ok']:>11}  {expected_kind[category]}")
@@ -512,7 +529,9 @@ def test_kill9_during_pgbench_loses_no_forwarded_statement(launcher, mint, pg, t
                     f"statements, all in the record ({len(recorded)} recorded, {sum(extra.values())} recorded but not run); "
                     f"custos verify exit 0, unsigned tail {tail} of {out['writers'][0]['events']} events")
 
-                gw.start()                           # the same store, the same chain
+                # the same store, the same chain (a fresh log: Gateway.start reads the first "listening on")
+                gw.log_path.rename(gw.directory / f"custos.round{round_}.log")
+                gw.start()
             rc = gw.stop()
             assert rc == 0, f"custos serve exited {rc} after SIGTERM:\n{gw.log()[-3000:]}"
         finally:

@@ -204,7 +204,7 @@ public struct ChainVerifier {
 
 extension EventChain {
     /// An event's header hash as if it stood at `seq`.
-    static func eventHash(_ event: Event, seq: Int64) -> String {
+    public static func eventHash(_ event: Event, seq: Int64) -> String {
         eventHash(writerID: event.writerID, seq: seq, at: event.at, sessionID: event.sessionID, kind: event.kind, payloadHash: event.payloadHash, prevHash: event.prevHash)
     }
 }
