@@ -97,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "custos",
             dependencies: [
-                "CustosServer", "CustosStore", "CustosCore", "CustosSQL", "CustosAdmin",
+                "CustosServer", "CustosStore", "CustosCore", "CustosSQL", "CustosAdmin", "CustosPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

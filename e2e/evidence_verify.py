@@ -379,6 +379,5 @@ def summarize(result: dict) -> str:
     return f"{p['kind']} at {p['writer_id']}#{p['seq']}: {p['detail']}"
 
 
-__all__ = ("verify_events", "read_store", "verify_store", "verify_bundle", "event_hash",
-                          "checkpoint_message", "public_key_from_seed", "public_key_from_file", "signature_valid",
-                          "summarize", "KINDS", "GENESIS")
+__all__ = ("verify_events", "read_store", "verify_store", "verify_bundle", "event_hash", "checkpoint_message",
+           "public_key_from_seed", "public_key_from_file", "signature_valid", "summarize", "KINDS", "GENESIS")

@@ -345,7 +345,9 @@ def test_signing_key_file_is_private_and_its_public_key_was_announced(recorded):
     assert path.exists(), "keys.signing_file defaults to custos-signing.key beside the store"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert HEX64_RE.match(path.read_text().strip())
-    assert recorded.pub in recorded.gw.log(), "the first start prints the public key"
+    announced = [line for line in recorded.gw.log().splitlines() if recorded.pub in line]
+    assert announced, "the first start prints the public key"
+    assert any("warning" in line.lower() for line in announced), announced
     status, body = recorded.key_api
     assert status == 200, (status, body)
     writer = events_of(recorded.gw.store_path)[0]["writer_id"]
@@ -772,6 +774,8 @@ def test_retention_prunes_old_payloads_and_the_chain_still_verifies(launcher, mi
     finally:
         stop_checked(gw)
     assert (gw.directory / "custos-signing.key").read_text() == key_before, "the signing key is kept across restarts"
+    created = [line for line in gw.log().splitlines() if "created" in line.lower() and "signing" in line.lower()]
+    assert not created, f"no new signing key on restart: {created}"
 
     events = events_of(gw.store_path)
     cut = json.loads(retention["payload"])

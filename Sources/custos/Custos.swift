@@ -8,7 +8,7 @@ struct Custos: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos",
         abstract: "An identity-aware gateway between AI agents and production systems.",
-        subcommands: [Serve.self, Sessions.self, Verify.self, EvidenceCommand.self, PolicyCommand.self, ApprovalsCommand.self])
+        subcommands: [Serve.self, Sessions.self, Verify.self, EvidenceCommand.self, ReplayCommand.self, PolicyCommand.self, ApprovalsCommand.self])
 }
 
 /// `--config`, shared by every verb.

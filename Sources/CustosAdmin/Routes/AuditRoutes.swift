@@ -36,7 +36,7 @@ struct AuditRoutes: Sendable {
         guard let audit else { throw AdminError.notConfigured("no event store") }
         switch endpoint {
         case .listSessions:
-            let filter = try Self.filter(request.uri.queryParameters)
+            let filter = try Self.filter(Self.formParameters(request.uri.query ?? ""))
             let sessions = try Self.reading { try audit.sessions(filter) }
             return JSONBody.response(canonical: ["sessions": .array(sessions.map(\.canonical))])
         case .getSession:
@@ -48,13 +48,27 @@ struct AuditRoutes: Sendable {
         }
     }
 
+    /// Query parameters decoded as HTML forms and `URLSearchParams` encode them: `+` is a space.
+    static func formParameters(_ query: String) -> [String: String] {
+        var parameters: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ text: Substring) -> String {
+                let spaced = text.replacingOccurrences(of: "+", with: " ")
+                return spaced.removingPercentEncoding ?? spaced
+            }
+            parameters[decode(parts[0])] = parts.count > 1 ? decode(parts[1]) : ""
+        }
+        return parameters
+    }
+
     /// The same filters as `custos sessions list`.
-    static func filter(_ query: Parameters) throws(AdminError) -> SessionFilter {
+    static func filter(_ query: [String: String]) throws(AdminError) -> SessionFilter {
         var filter = SessionFilter()
-        filter.identity = query["identity"].map(String.init)
-        filter.connection = query["connection"].map(String.init)
+        filter.identity = query["identity"]
+        filter.connection = query["connection"]
         func time(_ name: String) throws(AdminError) -> Date? {
-            guard let text = query[Substring(name)] else { return nil }
+            guard let text = query[name] else { return nil }
             guard let date = Timestamp.parse(String(text)) else {
                 throw .badRequest("invalid_time", "\(name) must be RFC 3339, such as 2026-11-30T10:00:00Z")
             }
@@ -68,8 +82,8 @@ struct AuditRoutes: Sendable {
             }
             filter.decision = verdict
         }
-        filter.text = query["text"].map(String.init)
-        filter.table = query["table"].map(String.init)
+        filter.text = query["text"]
+        filter.table = query["table"]
         if let limit = query["limit"] {
             guard let value = Int(limit), (1...10_000).contains(value) else { throw .badRequest("invalid_limit", "limit must be 1 to 10000") }
             filter.limit = value

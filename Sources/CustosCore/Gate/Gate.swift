@@ -34,6 +34,10 @@ public struct Action: Sendable, Equatable {
     public var parameters: [String?]
     /// What the parser found in `text`: one entry per statement of a multi-statement string.
     public var statements: [StatementInfo]
+    /// Extended protocol: the parameter type OIDs the Parse named (0 unspecified) and each
+    /// parameter's format code, recorded so that a replay binds them alike.
+    public var parameterTypes: [Int64] = []
+    public var parameterFormats: [Int64] = []
 
     public init(channel: Channel, text: String, parameters: [String?] = [], statements: [StatementInfo] = []) {
         self.channel = channel

@@ -75,7 +75,7 @@ public struct SessionEvents: Sendable {
     /// its masked form; without it the text and parameters are recorded as sent.
     public func statement(number: Int, action: Action, decision: Decision, recorded: RecordedStatement? = nil, at: Date = Date()) -> EventDraft {
         let recorded = recorded ?? RecordedStatement(text: action.text, parameters: action.parameters, masked: false)
-        let payload: CanonicalJSON = [
+        var payload: CanonicalJSON = [
             "statement": .int(Int64(number)),
             "protocol": .string(action.channel.rawValue),
             "text": .string(recorded.text),
@@ -85,6 +85,11 @@ public struct SessionEvents: Sendable {
             // What the parser found it touches, so that sessions can be searched by table.
             "tables": .array(Set(action.statements.flatMap { $0.tablesRead + $0.tablesWritten }).sorted().map(CanonicalJSON.string)),
         ]
+        if !action.parameters.isEmpty, case .object(var fields) = payload {
+            fields["parameter_types"] = .array(action.parameterTypes.map(CanonicalJSON.int))
+            fields["parameter_formats"] = .array(action.parameterFormats.map(CanonicalJSON.int))
+            payload = .object(fields)
+        }
         return EventDraft(kind: .statement, sessionID: sessionID, at: at, payload: payload)
     }
 

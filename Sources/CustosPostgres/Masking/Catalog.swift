@@ -26,7 +26,7 @@ final class Catalog: Sendable {
     }
 
     private let tables = NIOLockedValueBox<[UInt32: Table]>([:])
-    private let client = NIOLockedValueBox<CatalogClient?>(nil)
+    private let client = NIOLockedValueBox<BackendClient?>(nil)
     let target: PostgresTarget
     let logger: Logger
 
@@ -101,11 +101,19 @@ final class Catalog: Sendable {
         }
     }
 
+    /// Closes the catalog connection, if one was opened.
+    func close() {
+        client.withLockedValue { client in
+            client?.close()
+            client = nil
+        }
+    }
+
     /// The connection lives on the event loop of the session that first needed it.
-    private func connection(on eventLoop: any EventLoop) -> CatalogClient {
+    private func connection(on eventLoop: any EventLoop) -> BackendClient {
         client.withLockedValue { client in
             if let client { return client }
-            let created = CatalogClient(target: target, eventLoop: eventLoop, logger: logger)
+            let created = BackendClient(target: target, eventLoop: eventLoop, logger: logger)
             client = created
             return created
         }

@@ -5,6 +5,8 @@ import NIOCore
 struct Prepared {
     var text: String
     var statements: [StatementInfo]
+    /// The parameter type OIDs the Parse named (recorded, so that a replay binds them alike).
+    var parameterTypes: [UInt32] = []
 
     /// A statement the session never saw prepared (e.g. by SQL-level PREPARE): its effect is unknown.
     static func unknown(_ name: String) -> Prepared {
@@ -85,7 +87,8 @@ extension ClientSession: BackendDelegate {
             if !parse.statement.isEmpty, preparedStatements[parse.statement] != nil {
                 preparedStatements[parse.statement] = Prepared.unknown(parse.statement)
             } else {
-                preparedStatements[parse.statement] = Prepared(text: parse.query, statements: resolvePrepared(gateway.gate.analyze(parse.query)))
+                preparedStatements[parse.statement] = Prepared(
+                    text: parse.query, statements: resolvePrepared(gateway.gate.analyze(parse.query)), parameterTypes: parse.parameterTypes)
             }
             forward(frame, expecting: .parse(parse.statement))
         case .bind(let bind):
@@ -94,7 +97,10 @@ extension ClientSession: BackendDelegate {
             if !bind.portal.isEmpty, portals[bind.portal] != nil {
                 portals[bind.portal] = Prepared.unknown(portal: bind.portal)  // the backend refuses a second Bind of a named portal
             } else {
-                portals[bind.portal] = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
+                var action = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
+                action.parameterTypes = prepared.parameterTypes.map(Int64.init)
+                action.parameterFormats = bind.parameters.indices.map { Int64(bind.format(of: $0)) }
+                portals[bind.portal] = action
             }
             describedPortals.remove(bind.portal)
             forward(frame, expecting: .bind(bind.portal))

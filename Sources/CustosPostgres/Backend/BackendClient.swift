@@ -1,12 +1,12 @@
 import Logging
 import NIOCore
 
-/// The gateway's own connection to one target, for catalog questions (which table and column a
-/// result column comes from). Never the client's session: a client cannot see, slow or influence
-/// these queries. Requests run one at a time on the connection's event loop; a failure closes the
-/// connection and the next request opens a new one. Unchecked Sendable: every mutable member is
-/// touched only on `eventLoop` (``run(_:)`` hops there).
-final class CatalogClient: BackendDelegate, @unchecked Sendable {
+/// Custos's own connection to one target: for catalog questions (which table and column a result
+/// column comes from), never on the client's session, so a client cannot see, slow or influence
+/// them; and for `custos replay`. Requests run one at a time on the connection's event loop; a
+/// failure closes the connection and the next request opens a new one. Unchecked Sendable: every
+/// mutable member is touched only on `eventLoop` (``run(_:sink:)`` hops there).
+final class BackendClient: BackendDelegate, @unchecked Sendable {
     /// What one request got back.
     struct Reply {
         var columns: [BackendMessage.Column] = []
@@ -17,6 +17,8 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
     private struct Request {
         var messages: [FrontendMessage]
         var promise: EventLoopPromise<Reply>
+        /// Gets every message of the reply but ReadyForQuery, instead of the reply collecting them.
+        var sink: (@Sendable (BackendMessage) -> Void)?
     }
 
     private enum State {
@@ -35,18 +37,29 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
     private var waiting = CircularBuffer<Request>()
     private var running: (request: Request, reply: Reply, timer: Scheduled<Void>)?
 
-    init(target: PostgresTarget, eventLoop: any EventLoop, logger: Logger) {
+    private let applicationName: String
+    /// Extra startup parameters (settings such as `default_transaction_read_only`).
+    private let settings: [(String, String)]
+    private let timeout: TimeAmount
+
+    init(
+        target: PostgresTarget, eventLoop: any EventLoop, logger: Logger, applicationName: String = "custos-catalog", settings: [(String, String)] = [],
+        timeout: TimeAmount = .seconds(10)
+    ) {
         self.target = target
         self.eventLoop = eventLoop
         self.logger = logger
+        self.applicationName = applicationName
+        self.settings = settings
+        self.timeout = timeout
     }
 
     /// Runs `messages` (ending with Sync or a simple Query) and collects the reply up to ReadyForQuery.
-    func run(_ messages: [FrontendMessage]) -> EventLoopFuture<Reply> {
+    func run(_ messages: [FrontendMessage], sink: (@Sendable (BackendMessage) -> Void)? = nil) -> EventLoopFuture<Reply> {
         let promise = eventLoop.makePromise(of: Reply.self)
         // Called from any session's loop; the state is touched only on the client's own.
         eventLoop.execute {
-            self.waiting.append(Request(messages: messages, promise: promise))
+            self.waiting.append(Request(messages: messages, promise: promise, sink: sink))
             self.advance()
         }
         return promise.futureResult
@@ -59,8 +72,8 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
             connect()
         case .ready:
             guard running == nil, let request = waiting.popFirst(), let channel else { return }
-            let timer = eventLoop.assumeIsolated().scheduleTask(in: .seconds(10)) { [weak self] () -> Void in
-                self?.fail("catalog query timed out")
+            let timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] () -> Void in
+                self?.fail("query timed out")
             }
             running = (request, Reply(), timer)
             var buffer = channel.allocator.buffer(capacity: 256)
@@ -80,7 +93,7 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
         eventLoop.assumeIsolated().scheduleTask(in: .seconds(10)) { [weak self] () -> Void in
             guard let self else { return }
             switch self.state {
-            case .connecting, .authenticating: self.fail("catalog connection not ready within 10 s")
+            case .connecting, .authenticating: self.fail("backend connection not ready within 10 s")
             case .idle, .ready: break
             }
         }
@@ -92,8 +105,8 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
                 var buffer = channel.allocator.buffer(capacity: 128)
                 let parameters = [
                     StartupPacket.Parameter("user", target.user), StartupPacket.Parameter("database", target.database),
-                    StartupPacket.Parameter("application_name", "custos-catalog"),
-                ]
+                    StartupPacket.Parameter("application_name", applicationName),
+                ] + settings.map { StartupPacket.Parameter($0.0, $0.1) }
                 StartupPacket.startup(version: StartupPacket.protocol3, parameters: parameters).encode(into: &buffer)
                 channel.writeAndFlush(buffer, promise: nil)
                 channel.read()
@@ -105,7 +118,7 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
 
     /// Fails the request in progress and everything waiting, and drops the connection.
     private func fail(_ reason: String) {
-        logger.warning("catalog connection failed", metadata: ["connection": "\(target.connection.name)", "error": "\(reason)"])
+        logger.warning("backend connection failed", metadata: ["connection": "\(target.connection.name)", "error": "\(reason)"])
         state = .idle
         relay.delegate = nil
         channel?.close(promise: nil)
@@ -144,12 +157,15 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
                 state = .ready
                 advance()
             case .errorResponse(let fields):
-                fail("backend refused the catalog connection: \(fields.sqlstate ?? "?")")
+                fail("backend refused the connection: \(fields.sqlstate ?? "?") \(fields.message ?? "")")
             default:
                 break  // parameter status, key data, notices
             }
         case .ready:
             guard var current = running else { return }
+            if let sink = current.request.sink, !isReadyForQuery(message) {
+                return sink(message)
+            }
             switch message {
             case .rowDescription(let columns): current.reply.columns = columns
             case .dataRow(let values): current.reply.rows.append(values.map { $0.map { String(buffer: $0) } })
@@ -168,6 +184,24 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
         }
     }
 
+    private func isReadyForQuery(_ message: BackendMessage) -> Bool {
+        if case .readyForQuery = message { return true }
+        return false
+    }
+
+    /// Ends the session (Terminate) and closes the connection.
+    func close() {
+        eventLoop.execute {
+            guard let channel = self.channel else { return }
+            var buffer = channel.allocator.buffer(capacity: 5)
+            FrontendMessage.terminate.encode(into: &buffer)
+            self.state = .idle
+            self.relay.delegate = nil
+            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+            self.channel = nil
+        }
+    }
+
     func backendReadComplete() {
         channel?.read()
     }
@@ -182,7 +216,7 @@ final class CatalogClient: BackendDelegate, @unchecked Sendable {
             channel = nil
             return
         }
-        fail("the catalog connection closed")
+        fail("the connection closed")
     }
 
     func backendFailed(_ error: any Error) {
