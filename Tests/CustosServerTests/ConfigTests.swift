@@ -34,6 +34,22 @@ struct ConfigTests {
         #expect(config.identity.clockSkew == 30)
         #expect(config.identity.issuers.first?.algorithms == ["RS256", "ES256"])
         #expect(config.recording.mode == .writeAhead)
+        #expect(config.recording.checkpointEvery == 1000)
+        #expect(config.recording.checkpointInterval == 60)
+        #expect(config.recording.retention == nil)
+        #expect(config.keys.signingFile == "/etc/custos/data/custos-signing.key")
+    }
+
+    @Test("evidence settings: checkpoints, retention and the signing key")
+    func evidence() throws {
+        let yaml = Self.valid.replacingOccurrences(
+            of: "store: data/custos.sqlite", with: "store: data/custos.sqlite\n  checkpoint_every: 50\n  checkpoint_interval: 5s\n  retention: 90d")
+            + "\nkeys:\n  signing_file: keys/sign.key\n"
+        let config = try CustosConfig.parse(yaml: yaml, baseDirectory: "/etc/custos")
+        #expect(config.recording.checkpointEvery == 50)
+        #expect(config.recording.checkpointInterval == 5)
+        #expect(config.recording.retention == 90 * 86400)
+        #expect(config.keys.signingFile == "/etc/custos/keys/sign.key")
     }
 
     @Test(
@@ -49,6 +65,10 @@ struct ConfigTests {
             ("store: data/custos.sqlite", "store: data/custos.sqlite\n  mode: sometimes", "recording.mode"),
             ("allow_groups: [agents]", "allow_groups: [agents]\n    sslmode: verify-full", "connections.appdb.ca_file"),
             ("allow_cleartext_on_loopback: true", "allow_cleartext_on_loopback: maybe", "listen.allow_cleartext_on_loopback"),
+            ("store: data/custos.sqlite", "store: data/custos.sqlite\n  retention: 0s", "recording.retention"),
+            ("store: data/custos.sqlite", "store: data/custos.sqlite\n  retention: forever", "recording.retention"),
+            ("store: data/custos.sqlite", "store: data/custos.sqlite\n  checkpoint_every: 0", "recording.checkpoint_every"),
+            ("store: data/custos.sqlite", "store: data/custos.sqlite\n  checkpoint_interval: 10ms", "recording.checkpoint_interval"),
         ])
     func refused(replacing: String, with: String, key: String) {
         let yaml = Self.valid.replacingOccurrences(of: replacing, with: with)
