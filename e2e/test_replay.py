@@ -17,7 +17,20 @@ from custos_e2e import PostgresPeer
 SETUP = """
 CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, owner_email text NOT NULL, qty int NOT NULL);
 INSERT INTO items SELECT g, 'item ' || g, 'owner' || g || '@example.com', g * 10 FROM generate_series(1, 5) g;
+CREATE SEQUENCE items_seq;
 """
+
+# A session that tries to turn the replay's read-only session writable, or write through reads.
+ESCAPES = [
+    ("SET default_transaction_read_only = off", "skipped (write)"),
+    ("SELECT set_config('default_transaction_read_only', 'off', false)", "skipped (write)"),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "skipped (write)"),
+    ("BEGIN READ WRITE", "skipped (write)"),
+    ("SELECT nextval('items_seq')", "skipped (write)"),
+    ("COMMIT", "same"),
+    ("SET search_path TO public", "same"),
+    ("SELECT count(*) FROM items", "same"),
+]
 
 # (label, how it is sent, sql, params) in session order
 STATEMENTS = [
@@ -92,6 +105,15 @@ def recorded(pg, launcher, mint):
         admin.execute(f"CREATE DATABASE {copy} TEMPLATE {source}")
     with psycopg.connect(super_dsn(pg, copy), autocommit=True) as conn:
         conn.execute("UPDATE items SET name = 'changed', qty = 31 WHERE id = 3")
+    # A second session, recorded after the copy was made: attempts to escape the read-only replay.
+    gw.log_path.rename(gw.log_path.with_suffix(".first.log"))  # start() reads the port from a fresh log
+    gw.start()
+    with psycopg.connect(gw.dsn(token, dbname="src", app="replay-escapes"), autocommit=True) as conn:
+        for sql, _ in ESCAPES:
+            conn.pgconn.exec_(sql.encode())
+    escapes = gw.session_by_app("replay-escapes")
+    assert gw.stop() == 0
+    gw.escapes_id = escapes["id"]
     yield gw, session["id"], mint
     with psycopg.connect(super_dsn(pg, "postgres"), autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {copy}")
@@ -163,3 +185,14 @@ def test_rows_shown_are_masked_by_the_viewers_policy(recorded):
     dba = mint(sub="analyst-dba", groups=["dba"])
     statements = by_label(json.loads(replay(gw, session_id, "--against", "copy", "--rows", "5", "--token", dba, "--json").stdout))
     assert [row[1] for row in statements["all-ordered"]["replayed"]["sample"]] == ["item 1", "item 2", "changed", "item 4", "item 5"]
+
+
+def test_a_replay_without_allow_writes_cannot_be_made_to_write(recorded, pg):
+    gw, _, _ = recorded
+    def sequence_state():
+        with psycopg.connect(super_dsn(pg, gw.config["connections"]["copy"]["database"]), autocommit=True) as conn:
+            return conn.execute("SELECT last_value, is_called FROM items_seq").fetchone()
+    before = sequence_state()
+    result = json.loads(replay(gw, gw.escapes_id, "--against", "copy", "--json").stdout)
+    assert [(s["text"], s["verdict"]) for s in result["statements"]] == ESCAPES
+    assert sequence_state() == before

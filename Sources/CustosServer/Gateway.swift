@@ -87,12 +87,53 @@ public final class Gateway: Service {
             try FileManager.default.createDirectory(
                 atPath: URL(fileURLWithPath: config.recording.store).deletingLastPathComponent().path, withIntermediateDirectories: true)
             self.store = try EventStore(path: config.recording.store)
-            self.writer = try EventWriter(
-                store: store, writerID: try store.writerID(preferred: config.recording.writerID), queueLimit: config.recording.queueLimit,
-                signer: signer, checkpointEvery: config.recording.checkpointEvery, logger: logger)
-            try store.savePolicy(config.policy ?? .denyAll)
         } catch {
             throw ConfigError(key: "recording.store", problem: "cannot open the store: \(error)")
+        }
+        let resume: EventStore.Resume
+        let writerID: String
+        let anchorPath = config.keys.signingFile + ".head"
+        do {
+            writerID = try store.writerID(preferred: config.recording.writerID)
+            let anchor = ChainAnchor.read(path: anchorPath, writerID: writerID, publicKey: signer.publicKey)
+            switch try store.resumeCheck(writerID: writerID, trustedKey: signer.publicKey, anchor: anchor, retention: config.recording.retention) {
+            case .success(let found): resume = found
+            case .failure(let problem):
+                throw ConfigError(
+                    key: "recording.store",
+                    problem: "the chain of writer \(writerID) does not verify (\(problem.kind.rawValue) at seq \(problem.seq): \(problem.detail)); "
+                        + "refusing to extend and sign it. Keep the store as evidence, run custos verify, and start on a new store")
+            }
+            try store.savePolicy(config.policy ?? .denyAll)
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw ConfigError(key: "recording.store", problem: "cannot read the store: \(error)")
+        }
+        do {
+            let logger = self.logger
+            self.writer = try EventWriter(
+                store: store, writerID: writerID, queueLimit: config.recording.queueLimit, signer: signer,
+                checkpointEvery: config.recording.checkpointEvery,
+                onCheckpoint: { checkpoint in
+                    // Logged too: a log shipped off the host is an anchor nobody here can rewrite.
+                    logger.info("checkpoint", metadata: ["writer": "\(checkpoint.writerID)", "seq": "\(checkpoint.seq)", "hash": "\(checkpoint.hash)"])
+                    do {
+                        try ChainAnchor.write(checkpoint, path: anchorPath)
+                    } catch {
+                        logger.error("checkpoint anchor not written", metadata: ["path": "\(anchorPath)", "error": "\(error)"])
+                    }
+                }, logger: logger)
+        } catch {
+            throw ConfigError(key: "recording.store", problem: "cannot open the store: \(error)")
+        }
+        if let unsigned = resume.unsigned {
+            // Said in the record before anything signs them: these were not signed as they were written.
+            logger.warning("events left unsigned by a crash are signed now", metadata: ["from": "\(unsigned.lowerBound)", "through": "\(unsigned.upperBound)"])
+            writer.appendLater(
+                EventDraft(
+                    kind: .writerRecovered, sessionID: "gateway",
+                    payload: ["unsigned_from": .int(unsigned.lowerBound), "unsigned_through": .int(unsigned.upperBound), "signed_through": .int(resume.signedThrough)]))
         }
         let verifier = TokenVerifier(
             issuers: config.identity.issuers, source: HTTPJWKSSource(client: .shared), skew: config.identity.clockSkew,

@@ -41,9 +41,19 @@ public enum Replay {
     }
 
     /// Statements that only steer the session; replayed even when writes are not allowed (the
-    /// session refuses writes anyway).
+    /// session refuses writes anyway) unless they could lift that refusal (``liftsReadOnly``).
     static let sessionControl: Set<String> = [
         "begin", "start_transaction", "commit", "rollback", "savepoint", "release", "rollback_to", "set", "reset", "show", "deallocate", "discard",
+    ]
+
+    /// Words in a SET, RESET or BEGIN that could turn the read-only session writable or change
+    /// who it acts as.
+    static let liftsReadOnly = ["read_only", "read write", "characteristics", "role", "authorization", "replication"]
+
+    /// Functions with effects a read-only transaction does not stop (or that change settings).
+    static let effectful = [
+        "set_config", "pg_notify", "nextval", "setval", "pg_advisory", "pg_try_advisory", "lo_", "dblink", "pg_terminate_backend",
+        "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "pg_switch_wal", "pg_create", "pg_drop", "pg_promote", "pg_file",
     ]
 
     /// Replays session `id` against `connection`. Writes run only with `allowWrites` and only
@@ -94,12 +104,17 @@ public enum Replay {
             } else if !allowWrites, !isRead(statement.text, analyzer: analyzer, prepared: &preparedReads) {
                 line.verdict = .skipped
             } else {
-                let outcome = try await replay.run(
-                    ReplayStatement(
-                        text: statement.text, parameters: statement.parameters, extended: statement.extended, resultFormats: result?.formats ?? [],
-                        parameterTypes: statement.parameterTypes, parameterFormats: statement.parameterFormats))
-                line.replayed = outcome
-                (line.verdict, line.note) = compare(recorded: result, replayed: outcome)
+                do {
+                    let outcome = try await replay.run(
+                        ReplayStatement(
+                            text: statement.text, parameters: statement.parameters, extended: statement.extended, resultFormats: result?.formats ?? [],
+                            parameterTypes: statement.parameterTypes, parameterFormats: statement.parameterFormats))
+                    line.replayed = outcome
+                    (line.verdict, line.note) = compare(recorded: result, replayed: outcome)
+                } catch {
+                    // A statement that cannot finish (a timeout, a lost connection) ends only its own replay.
+                    line.note = "replay failed: \(error)"
+                }
             }
             lines.append(line)
         }
@@ -125,7 +140,8 @@ public enum Replay {
             if replayed.errorCode == code { return (.same, "the same error (\(code))") }
             return (.different, "recorded error \(code), replayed \(replayed.errorCode.map { "error \($0)" } ?? "\(replayed.rows) rows")")
         }
-        if let code = replayed.errorCode { return (.different, "replay failed: \(code) \(replayed.errorMessage ?? "")") }
+        // Only the SQLSTATE: PostgreSQL's message may quote values the viewer's policy masks.
+        if let code = replayed.errorCode { return (.different, "replay failed with SQLSTATE \(code)") }
         guard let digest = recorded?.digest else { return (.notReplayable, "no digest was recorded") }
         if digest.ordered == replayed.ordered { return (.same, nil) }
         if digest.multiset == replayed.multiset { return (.reordered, nil) }
@@ -150,6 +166,13 @@ public enum Replay {
         let infos = analyzer.analyze(text)
         guard !infos.isEmpty else { return false }
         return infos.allSatisfy { info in
+            let lowered = info.text.lowercased()
+            if info.functions.contains(where: { function in effectful.contains { function.lowercased().split(separator: ".").last?.hasPrefix($0) == true } }) {
+                return false
+            }
+            if sessionControl.contains(info.kind) {
+                return info.flags.isEmpty && !liftsReadOnly.contains { lowered.contains($0) }
+            }
             if info.kind == "prepare", let name = info.preparedName {
                 prepared[name.lowercased()] = info.readOnly
                 return true
@@ -171,8 +194,9 @@ public enum Replay {
             var parameterTypes: [UInt32] = []
             var parameterFormats: [Int16] = []
 
+            /// Whether any of its statements is a `COPY … FROM` (whose input the record lacks).
             func isCopyFrom(_ analyzer: PostgresAnalyzer) -> Bool {
-                analyzer.copyInfo(text)?.isFrom == true
+                analyzer.analyze(text).contains { $0.kind == "copy" && analyzer.copyInfo($0.text)?.isFrom != false }
             }
         }
 
@@ -205,7 +229,7 @@ public enum Replay {
                 results[number] = Recorded.Result(
                     rows: object["rows"] as? Int, error: (object["error"] as? [String: Any])?["sqlstate"] as? String,
                     digest: (digest?["ordered"] as? String).flatMap { ordered in (digest?["multiset"] as? String).map { (ordered, $0) } },
-                    formats: columns.map { Int16($0["format"] as? Int ?? 0) })
+                    formats: columns.map { Int16(truncatingIfNeeded: $0["format"] as? Int ?? 0) })
             }
         }
         return statements.keys.sorted().map { (statements[$0]!, results[$0]) }

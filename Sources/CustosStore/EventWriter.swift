@@ -37,15 +37,18 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private var lastHash: String
     private let signer: CheckpointSigner?
     private let checkpointEvery: Int64
+    /// Told of each checkpoint once it is committed (to keep an anchor outside the store).
+    private let onCheckpoint: @Sendable (Checkpoint) -> Void
     private var signedSeq: Int64
 
     /// Starts a writer on `store`, continuing `writerID`'s chain where it ends.
     public init(
         store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, signer: CheckpointSigner? = nil,
-        checkpointEvery: Int = 1000, logger: Logger
+        checkpointEvery: Int = 1000, onCheckpoint: @escaping @Sendable (Checkpoint) -> Void = { _ in }, logger: Logger
     ) throws {
         self.store = store
         self.signer = signer
+        self.onCheckpoint = onCheckpoint
         self.checkpointEvery = Int64(max(1, checkpointEvery))
         self.signedSeq = try store.checkpoints(writerID: writerID).last?.seq ?? 0
         self.lazyWindow = lazyWindow
@@ -150,6 +153,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         do {
             try store.insert([], checkpoint: checkpoint)
             signedSeq = checkpoint.seq
+            onCheckpoint(checkpoint)
         } catch {
             logger.error("checkpoint not stored", metadata: ["error": "\(error)", "seq": "\(checkpoint.seq)"])
         }
@@ -183,7 +187,10 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             try store.insert(sealed, checkpoint: checkpoint)
             self.seq = seq
             self.lastHash = lastHash
-            if let checkpoint { signedSeq = checkpoint.seq }
+            if let checkpoint {
+                signedSeq = checkpoint.seq
+                onCheckpoint(checkpoint)
+            }
             result = .success(())
         } catch {
             // The chain head stays at the last committed event, so the chain has no gap.

@@ -13,15 +13,20 @@ extension EventStore {
     /// Every writer with events or checkpoints in this store.
     public func writers() throws -> [String] {
         try database.read { db in
-            try String.fetchAll(db, sql: "SELECT writer_id FROM events UNION SELECT writer_id FROM checkpoints ORDER BY 1")
+            // Read as text whatever a tampered store holds there, so that reading never traps.
+            try String.fetchAll(db, sql: "SELECT CAST(writer_id AS TEXT) FROM events UNION SELECT CAST(writer_id AS TEXT) FROM checkpoints ORDER BY 1")
         }
     }
 
     /// A writer's checkpoints, oldest first.
     public func checkpoints(writerID: String) throws -> [Checkpoint] {
         try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM checkpoints WHERE writer_id = ? ORDER BY seq", arguments: [writerID]).map {
-                Checkpoint(writerID: $0["writer_id"], seq: $0["seq"], hash: $0["hash"], at: $0["at"], publicKey: $0["public_key"], signature: $0["signature"])
+            try Row.fetchAll(db, sql: "SELECT * FROM checkpoints WHERE writer_id = ? ORDER BY seq", arguments: [writerID]).map { row in
+                func text(_ column: String) -> String { String.fromDatabaseValue(row[column] as DatabaseValue) ?? "" }
+                // A seq that is not a number cannot match an event: it fails as a forged signature would.
+                return Checkpoint(
+                    writerID: text("writer_id"), seq: Int64.fromDatabaseValue(row["seq"] as DatabaseValue) ?? 0, hash: text("hash"), at: text("at"),
+                    publicKey: text("public_key"), signature: text("signature"))
             }
         }
     }
@@ -29,7 +34,7 @@ extension EventStore {
     /// The lowest and highest `seq` of a writer's events, optionally only those dated within a range.
     public func seqBounds(writerID: String, since: Date? = nil, until: Date? = nil) throws -> ClosedRange<Int64>? {
         try database.read { db in
-            var clauses = ["writer_id = ?"]
+            var clauses = ["writer_id = ?", "typeof(seq) = 'integer'"]
             var arguments: [any DatabaseValueConvertible] = [writerID]
             if let since {
                 clauses.append("at >= ?")
@@ -50,18 +55,24 @@ extension EventStore {
     /// The hash of one event, if present.
     public func eventHash(writerID: String, seq: Int64) throws -> String? {
         try database.read { db in
-            try String.fetchOne(db, sql: "SELECT hash FROM events WHERE writer_id = ? AND seq = ?", arguments: [writerID, seq])
+            try String.fetchOne(db, sql: "SELECT CAST(hash AS TEXT) FROM events WHERE writer_id = ? AND seq = ?", arguments: [writerID, seq])
         }
     }
 
-    /// Calls `body` with each event of a writer in `seq` order, streaming (constant memory).
-    public func forEachEvent(writerID: String, in range: ClosedRange<Int64>? = nil, _ body: (Event) throws -> Void) throws {
+    /// Calls `body` with each event of a writer in `seq` order, streaming (constant memory), and
+    /// a lookup of the `seq` at which the writer's chain holds a given hash.
+    public func forEachEvent(writerID: String, in range: ClosedRange<Int64>? = nil, _ body: (Event, (String) -> Int64?) throws -> Void) throws {
         try database.read { db in
             let low = range?.lowerBound ?? Int64.min
             let high = range?.upperBound ?? Int64.max
             let rows = try Row.fetchCursor(
                 db, sql: "SELECT * FROM events WHERE writer_id = ? AND seq BETWEEN ? AND ? ORDER BY seq", arguments: [writerID, low, high])
-            while let row = try rows.next() { try body(Self.event(row)) }
+            let locate = { (hash: String) -> Int64? in
+                // A scan, but made at most once per check (for the first bad event).
+                (try? Int64.fetchOne(
+                    db, sql: "SELECT seq FROM events WHERE writer_id = ? AND hash = ? AND typeof(seq) = 'integer' LIMIT 1", arguments: [writerID, hash])) ?? nil
+            }
+            while let row = try rows.next() { try body(Self.event(row), locate) }
         }
     }
 

@@ -31,10 +31,10 @@ extension EventStore: AuditLog {
             clauses.append("id IN (SELECT session_id FROM statement_text WHERE statement_text MATCH ?)")
             arguments.append(query)
         }
-        if let table = filter.table?.lowercased() {
+        if let table = filter.table {
             // `customers` also finds `public.customers`; a qualified name finds only itself.
             clauses.append(
-                "id IN (SELECT session_id FROM statement_tables WHERE name = ? OR (length(name) > length(?) AND substr(name, length(name) - length(?)) = '.' || ?))")
+                "id IN (SELECT session_id FROM statement_tables WHERE name = lower(?) OR (length(name) > length(?) AND substr(name, length(name) - length(?)) = '.' || lower(?)))")
             arguments += [table, table, table, table]
         }
         let whereClause = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
@@ -50,8 +50,10 @@ extension EventStore: AuditLog {
     /// One session and its events in chain order; nil when no session has that id (or prefix).
     public func session(id: String) throws -> (SessionSummary, [Event])? {
         try database.read { db in
+            // A prefix, with LIKE's wildcards taken literally.
+            let prefix = id.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
             let rows = try Row.fetchAll(
-                db, sql: "SELECT *, \(Self.statementCount) FROM sessions WHERE id = ? OR id LIKE ? LIMIT 2", arguments: [id, id + "%"])
+                db, sql: "SELECT *, \(Self.statementCount) FROM sessions WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 2", arguments: [id, prefix + "%"])
             guard rows.count == 1 || rows.contains(where: { ($0["id"] as String) == id }) else { return nil }
             let row = rows.first { ($0["id"] as String) == id } ?? rows[0]
             let summary = Self.summary(row)
@@ -89,9 +91,17 @@ extension EventStore: AuditLog {
             reason: row["reason"], sqlstate: row["sqlstate"], statementCount: row["statement_count"])
     }
 
+    /// An event row as stored. Columns of the wrong type (a tampered store) read as values that
+    /// fail verification rather than stopping the process.
     static func event(_ row: Row) -> Event {
-        Event(
-            writerID: row["writer_id"], seq: row["seq"], at: row["at"], sessionID: row["session_id"], kind: row["kind"],
-            payload: row["payload"] ?? "", payloadHash: row["payload_hash"], prevHash: row["prev_hash"], hash: row["hash"])
+        func text(_ column: String) -> String {
+            String.fromDatabaseValue(row[column] as DatabaseValue) ?? ""
+        }
+        let payloadValue: DatabaseValue = row["payload"]
+        return Event(
+            writerID: text("writer_id"), seq: Int64.fromDatabaseValue(row["seq"] as DatabaseValue) ?? 0, at: text("at"),
+            sessionID: text("session_id"), kind: text("kind"),
+            payload: payloadValue.isNull ? nil : (String.fromDatabaseValue(payloadValue) ?? ""), payloadHash: text("payload_hash"),
+            prevHash: text("prev_hash"), hash: text("hash"))
     }
 }

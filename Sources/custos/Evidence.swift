@@ -35,7 +35,7 @@ struct EvidenceCommand: AsyncParsableCommand {
             }
             let summary: EvidenceBundle.Summary
             do {
-                summary = try EvidenceBundle.export(from: store, scope: scope, publicKey: try signingPublicKey(config), to: output)
+                summary = try EvidenceBundle.export(from: store, scope: scope, signer: try signingKey(config), to: output)
             } catch let error as EvidenceBundle.BundleError {
                 throw CLIError(error.description)
             }

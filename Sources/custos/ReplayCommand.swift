@@ -64,7 +64,7 @@ struct ReplayCommand: AsyncParsableCommand {
 
     /// Text on one line, control characters shown as `?`, cut to `width`.
     static func oneLine(_ text: String, width: Int) -> String {
-        let flat = String(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? " " : Character($0) })
+        let flat = String(text.unicodeScalars.map { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) ? " " : Character($0) })
         return flat.count > width ? String(flat.prefix(width - 1)) + "…" : flat
     }
 

@@ -79,13 +79,22 @@ struct Verify: AsyncParsableCommand {
     }
 }
 
-/// The public key of the configured signing key (hex).
-func signingPublicKey(_ config: CustosConfig) throws -> String {
+/// The configured signing key (`keys.signing_file`).
+func signingKey(_ config: CustosConfig) throws -> CheckpointSigner {
     let path = config.keys.signingFile
     guard let text = try? String(contentsOfFile: path, encoding: .utf8), let seed = Hex.decode(text.trimmingCharacters(in: .whitespacesAndNewlines)),
         seed.count == 32
     else {
-        throw CLIError("cannot read the signing key \(path) (keys.signing_file); pass --public-key")
+        throw CLIError("cannot read the signing key \(path) (keys.signing_file)")
     }
-    return try CheckpointSigner(seed: seed).publicKey
+    return try CheckpointSigner(seed: seed)
+}
+
+/// The public key of the configured signing key (hex).
+func signingPublicKey(_ config: CustosConfig) throws -> String {
+    do {
+        return try signingKey(config).publicKey
+    } catch let error as CLIError {
+        throw CLIError("\(error.description); pass --public-key")
+    }
 }

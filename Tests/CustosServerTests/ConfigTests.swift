@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import CustosServer
@@ -48,7 +49,7 @@ struct ConfigTests {
         let config = try CustosConfig.parse(yaml: yaml, baseDirectory: "/etc/custos")
         #expect(config.recording.checkpointEvery == 50)
         #expect(config.recording.checkpointInterval == 5)
-        #expect(config.recording.retention == 90 * 86400)
+        #expect(config.recording.retention == TimeInterval(90 * 86400))
         #expect(config.keys.signingFile == "/etc/custos/keys/sign.key")
     }
 

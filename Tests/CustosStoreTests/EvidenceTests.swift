@@ -156,7 +156,8 @@ struct EvidenceTests {
     @Test("retention removes payloads only behind a recorded retention event; verify still passes")
     func retention() async throws {
         let (store, writerID, sessions) = try await record()
-        let before = Timestamp.format(Date().addingTimeInterval(1))
+        try await Task.sleep(for: .milliseconds(5))
+        let before = Timestamp.format(Date())
         // A removal no retention event announced is tampering.
         try mutate(store, "UPDATE events SET payload = NULL WHERE seq = 2")
         #expect(try store.verify(trustedKey: signer.publicKey).problem?.kind == .modified)
@@ -179,7 +180,7 @@ struct EvidenceTests {
         let (store, _, sessions) = try await record()
         try store.savePolicy(Policy(rules: []))
         let folder = directory.appendingPathComponent("bundle").path
-        let summary = try EvidenceBundle.export(from: store, scope: .session(sessions[1]), publicKey: signer.publicKey, to: folder)
+        let summary = try EvidenceBundle.export(from: store, scope: .session(sessions[1]), signer: signer, to: folder)
         #expect(summary.inScope == 4)
         #expect(summary.events == 6, "seq 5 to the checkpoint at 10")
         #expect(summary.unsigned == 0)
@@ -188,7 +189,7 @@ struct EvidenceTests {
         let text = try String(contentsOf: eventsFile, encoding: .utf8)
         #expect(!text.contains("customers") && !text.contains("invoices"), "other sessions' content stays out")
         #expect(text.contains("DELETE FROM orders"))
-        #expect(throws: EvidenceBundle.BundleError.self) { try EvidenceBundle.export(from: store, scope: .session(sessions[0]), publicKey: "", to: folder) }
+        #expect(throws: EvidenceBundle.BundleError.self) { try EvidenceBundle.export(from: store, scope: .session(sessions[0]), signer: signer, to: folder) }
 
         try text.replacingOccurrences(of: "DELETE FROM orders", with: "DELETE FROM ordure").write(to: eventsFile, atomically: true, encoding: .utf8)
         #expect(try EvidenceBundle.verify(folder: folder).problem?.kind == .modified)
@@ -199,5 +200,65 @@ struct EvidenceTests {
         try text.write(to: eventsFile, atomically: true, encoding: .utf8)
         let other = try CheckpointSigner(seed: Array(repeating: 9, count: 32))
         #expect(try EvidenceBundle.verify(folder: folder, trustedKey: other.publicKey).problem?.kind == .signatureInvalid)
+
+        // Trimmed or re-scoped bundles fail: the signed manifest fixes the extent and the scope.
+        try (lines.dropFirst().joined(separator: "\n") + "\n").write(to: eventsFile, atomically: true, encoding: .utf8)
+        #expect(try EvidenceBundle.verify(folder: folder).problem?.kind == .missing)
+        try "".write(to: eventsFile, atomically: true, encoding: .utf8)
+        #expect(try EvidenceBundle.verify(folder: folder).problem != nil, "an empty bundle is not intact")
+        let ordered = text.split(separator: "\n")
+        try (ordered.dropLast(2).joined(separator: "\n") + "\n").write(to: eventsFile, atomically: true, encoding: .utf8)
+        let checkpointsFile = URL(fileURLWithPath: folder).appendingPathComponent("checkpoints.jsonl")
+        try "".write(to: checkpointsFile, atomically: true, encoding: .utf8)
+        #expect(try EvidenceBundle.verify(folder: folder).problem?.kind == .truncated)
+        try text.write(to: eventsFile, atomically: true, encoding: .utf8)
+        let manifestFile = URL(fileURLWithPath: folder).appendingPathComponent("manifest.json")
+        let manifest = try String(contentsOf: manifestFile, encoding: .utf8)
+        try manifest.replacingOccurrences(of: sessions[1], with: sessions[0]).write(to: manifestFile, atomically: true, encoding: .utf8)
+        #expect(try EvidenceBundle.verify(folder: folder).problem?.kind == .signatureInvalid)
+    }
+
+    @Test("a restart resumes only a chain that still holds its signed head and verifies after it")
+    func resume() async throws {
+        let (store, writerID, _) = try await record()
+        let key = signer.publicKey
+        let head = try store.checkpoints(writerID: writerID).last!
+        let clean = try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: (head.seq, head.hash), retention: nil)
+        #expect(try clean.get().unsigned == nil)
+
+        // A crash tail (events after the last checkpoint) is resumable and reported.
+        try mutate(store, "DELETE FROM checkpoints WHERE seq = 12")
+        let crashed = try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: (10, try store.eventHash(writerID: writerID, seq: 10)!), retention: nil)
+        #expect(try crashed.get().unsigned == 11...12)
+
+        // Checkpoints deleted behind the anchor: refused.
+        try mutate(store, "DELETE FROM checkpoints WHERE seq = 10")
+        let lost = try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: (head.seq, head.hash), retention: nil)
+        #expect(throws: ChainProblem.self) { try lost.get() }
+
+        // A bad tail, or a retention event the configuration would not have written: refused.
+        try mutate(store, "UPDATE events SET hash = 'x' WHERE seq = 8")
+        #expect(throws: ChainProblem.self) { try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: nil, retention: nil).get() }
+        try mutate(store, "UPDATE events SET hash = ? WHERE seq = 8", [try store.events(writerID: writerID)[7].prevHash == "" ? "" : EventChain.eventHash(try store.events(writerID: writerID)[7], seq: 8)])
+        let writer = try EventWriter(store: store, writerID: writerID, logger: Logger(label: "test"))
+        try await append(writer, EventDraft(kind: .retention, sessionID: "gateway", payload: ["before": .string(Timestamp.format(Date())), "through_seq": .int(12)]))
+        writer.stop()
+        #expect(throws: ChainProblem.self) { try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: nil, retention: nil).get() }
+        #expect(throws: ChainProblem.self) { try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: nil, retention: 86400).get() }
+        #expect(try store.resumeCheck(writerID: writerID, trustedKey: key, anchor: nil, retention: 0.001).get().unsigned == 6...13)
+    }
+
+    @Test("hostile seq values are reported, never trapped on or searched for ever")
+    func hostileSeqs() async throws {
+        let (store, _, _) = try await record()
+        try mutate(store, "UPDATE events SET seq = 9223372036854775807 WHERE seq = 12")
+        #expect(try store.verify(trustedKey: signer.publicKey).problem?.seq == 12)
+        try mutate(store, "UPDATE events SET seq = 1000000000000 WHERE seq = 9223372036854775807")
+        try mutate(store, "UPDATE events SET hash = 'x' WHERE seq = 1000000000000")
+        #expect(try store.verify(trustedKey: signer.publicKey).problem?.seq == 12)
+        try mutate(store, "UPDATE events SET seq = 'twelve' WHERE seq = 1000000000000")
+        #expect(try store.verify(trustedKey: signer.publicKey).problem != nil)
+        try mutate(store, "UPDATE events SET seq = -5 WHERE seq = 'twelve'")
+        #expect(try store.verify(trustedKey: signer.publicKey).problem?.kind == .modified)
     }
 }

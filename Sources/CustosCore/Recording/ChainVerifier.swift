@@ -1,7 +1,7 @@
 import Foundation
 
 /// What is wrong with a chain, at the first bad event (docs/evidence.md, "custos verify").
-public struct ChainProblem: Sendable, Equatable {
+public struct ChainProblem: Error, Sendable, Equatable {
     public enum Kind: String, Sendable, CaseIterable {
         case modified, missing, reordered
         case signatureInvalid = "signature_invalid"
@@ -75,7 +75,9 @@ public struct ChainVerifier {
         public init?(event: Event) {
             guard event.kind == EventKind.retention.rawValue, let payload = event.payload,
                 let object = (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) as? [String: Any],
-                let before = object["before"] as? String, let through = (object["through_seq"] as? NSNumber)?.int64Value
+                let before = object["before"] as? String, let through = (object["through_seq"] as? NSNumber)?.int64Value,
+                // The gateway removes only what is older than the event itself, and only what precedes it.
+                before <= event.at, through < event.seq
             else { return nil }
             self.init(seq: event.seq, before: before, throughSeq: through)
         }
@@ -96,6 +98,9 @@ public struct ChainVerifier {
     private let present: Set<Int64>?
     /// The range of `seq` a moved event may have come from.
     private let seqRange: ClosedRange<Int64>
+    /// How far from its place a moved event is searched for, beyond what `locate` suggests:
+    /// bounded, so that a hostile input cannot make the check run for ever.
+    static let searchWindow: Int64 = 100_000
 
     /// - Parameters:
     ///   - start: the `seq` and link the first event must have; nil to trust the first event's own.
@@ -116,9 +121,14 @@ public struct ChainVerifier {
         self.seqRange = seqRange
     }
 
-    /// Checks the next event.
-    public mutating func feed(_ event: Event) {
+    /// Checks the next event. `locate` gives the `seq` at which the input holds the event with a
+    /// given hash, if any, to find where a moved event came from without trying every place.
+    public mutating func feed(_ event: Event, locate: (String) -> Int64? = { _ in nil }) {
         guard report.problem == nil else { return }
+        guard event.seq >= 1, event.seq < Int64.max else {
+            report.events += 1
+            return fail(.modified, max(1, expectedSeq ?? 1), event, "seq \(event.seq) is out of range")
+        }
         let expected = expectedSeq ?? event.seq
         report.events += 1
         if report.firstSeq == nil { report.firstSeq = expected }
@@ -148,13 +158,16 @@ public struct ChainVerifier {
         }
         if EventChain.eventHash(event, seq: event.seq) != event.hash {
             // An event whose hash fits another place was moved there; otherwise it was altered.
-            if let origin = seqRange.first(where: { $0 != event.seq && EventChain.eventHash(event, seq: $0) == event.hash }) {
+            if let origin = origin(of: event, locate: locate) {
                 return fail(.reordered, event.seq, event, "the event at seq \(event.seq) is the event of seq \(origin)")
             }
             return fail(.modified, event.seq, event, "the hash does not match the event's header")
         }
         if let previousHash, event.prevHash != previousHash {
-            // Both events are self-consistent: the earlier one was rewritten (hash recomputed).
+            // Both events are self-consistent: one of them was rewritten (its hash recomputed).
+            guard event.seq > (report.firstSeq ?? 1) else {
+                return fail(.modified, event.seq, event, "the first event does not link to the chain before it")
+            }
             return fail(.modified, event.seq - 1, nil, "the hash of seq \(event.seq - 1) is not the one seq \(event.seq) links to (an event was rewritten)")
         }
         for checkpoint in checkpoints[event.seq] ?? [] {
@@ -190,6 +203,21 @@ public struct ChainVerifier {
             report.unsignedTail = Int(last - (report.signedThrough ?? ((report.firstSeq ?? 1) - 1)))
         }
         return report
+    }
+
+    /// Where a self-inconsistent event came from, if its hash fits another place: first where its
+    /// link points, then the places around its own.
+    private func origin(of event: Event, locate: (String) -> Int64?) -> Int64? {
+        var candidates: [Int64] = []
+        if event.prevHash == EventChain.genesis {
+            candidates.append(1)
+        } else if let before = locate(event.prevHash), before < Int64.max {
+            candidates.append(before + 1)
+        }
+        let low = max(seqRange.lowerBound, event.seq > Int64.min + Self.searchWindow ? event.seq - Self.searchWindow : Int64.min)
+        let high = min(seqRange.upperBound, event.seq < Int64.max - Self.searchWindow ? event.seq + Self.searchWindow : Int64.max)
+        if low <= high { candidates += Array(low...high) }
+        return candidates.first { $0 != event.seq && EventChain.eventHash(event, seq: $0) == event.hash }
     }
 
     private func signatureDetail(_ checkpoint: Checkpoint) -> String {

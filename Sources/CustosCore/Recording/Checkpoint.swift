@@ -46,10 +46,8 @@ public struct Checkpoint: Sendable, Equatable, Codable {
 
     /// Whether the signature verifies under `trustedKey` (hex) and was made by that key.
     public func isValid(trustedKey: String) -> Bool {
-        guard publicKey == trustedKey, let keyBytes = Hex.decode(trustedKey), let signatureBytes = Hex.decode(signature),
-            let key = try? Curve25519.Signing.PublicKey(rawRepresentation: keyBytes)
-        else { return false }
-        return key.isValidSignature(signatureBytes, for: Self.message(writerID: writerID, seq: seq, hash: hash, at: at))
+        publicKey == trustedKey
+            && CheckpointSigner.isValid(signature: signature, over: Self.message(writerID: writerID, seq: seq, hash: hash, at: at), key: trustedKey)
     }
 }
 
@@ -63,6 +61,19 @@ public struct CheckpointSigner: Sendable {
     public init(seed: [UInt8]) throws {
         self.key = try Curve25519.Signing.PrivateKey(rawRepresentation: seed)
         self.publicKey = EventChain.hex(key.publicKey.rawRepresentation)
+    }
+
+    /// An Ed25519 signature (hex) over `bytes` (a bundle's manifest).
+    public func signature(over bytes: [UInt8]) throws -> String {
+        EventChain.hex(try key.signature(for: bytes))
+    }
+
+    /// Whether `signature` (hex) is `key`'s (hex) over `bytes`.
+    public static func isValid(signature: String, over bytes: [UInt8], key: String) -> Bool {
+        guard let keyBytes = Hex.decode(key), let signatureBytes = Hex.decode(signature),
+            let publicKey = try? Curve25519.Signing.PublicKey(rawRepresentation: keyBytes)
+        else { return false }
+        return publicKey.isValidSignature(signatureBytes, for: bytes)
     }
 
     /// A checkpoint of `head` (the writer's last committed event), signed now.

@@ -41,6 +41,8 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case approvalUsed = "approval.used"
     /// Payloads before a time are being removed (docs/evidence.md, "Retention").
     case retention = "retention"
+    /// A restart found events its writer had not signed (a crash): they are signed from here on.
+    case writerRecovered = "writer.recovered"
 }
 
 /// A committed, hash-chained event as stored.

@@ -163,6 +163,12 @@ final class BackendClient: BackendDelegate, @unchecked Sendable {
             }
         case .ready:
             guard var current = running else { return }
+            if case .copyInResponse = message, let channel {
+                // Nothing here has COPY input to give: refuse it, so the backend ends the statement.
+                var buffer = channel.allocator.buffer(capacity: 64)
+                FrontendMessage.copyFail(message: "custos: no COPY input on this connection").encode(into: &buffer)
+                channel.writeAndFlush(buffer, promise: nil)
+            }
             if let sink = current.request.sink, !isReadyForQuery(message) {
                 return sink(message)
             }
