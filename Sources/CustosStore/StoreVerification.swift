@@ -69,7 +69,8 @@ extension EventStore {
                     reports.append(ChainReport(writerID: writerID))
                     continue
                 }
-                range = bounded
+                // On to the checkpoint that covers the range's end, when there is one.
+                range = bounded.lowerBound...(checkpoints.first { $0.seq >= bounded.upperBound }?.seq ?? bounded.upperBound)
                 if bounded.lowerBound > 1 {
                     // Linked to the event before the range when it is there; otherwise its first event's
                     // own link is trusted (and a gap before it is outside what was asked).
