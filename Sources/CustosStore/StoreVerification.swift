@@ -69,8 +69,7 @@ extension EventStore {
                     reports.append(ChainReport(writerID: writerID))
                     continue
                 }
-                // On to the checkpoint that covers the range's end, when there is one.
-                range = bounded.lowerBound...(checkpoints.first { $0.seq >= bounded.upperBound }?.seq ?? bounded.upperBound)
+                range = bounded
                 if bounded.lowerBound > 1 {
                     // Linked to the event before the range when it is there; otherwise its first event's
                     // own link is trusted (and a gap before it is outside what was asked).
