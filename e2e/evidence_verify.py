@@ -132,8 +132,8 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-def _retention_cutoffs(chain: list[dict]) -> list[tuple[int, datetime]]:
-    """(seq, before) of each retention event whose payload is intact (hash checked)."""
+def _retention_cutoffs(chain: list[dict]) -> list[tuple[int, datetime, int]]:
+    """(seq, before, through_seq) of each retention event whose payload is intact (hash checked)."""
     out = []
     for e in chain:
         if e["kind"] != "retention" or e["payload"] is None:
@@ -141,11 +141,16 @@ def _retention_cutoffs(chain: list[dict]) -> list[tuple[int, datetime]]:
         if sha256_hex(payload_bytes(e["payload"])) != e["payload_hash"]:
             continue
         try:
-            before = _parse_time(json.loads(e["payload"]).get("before"))
+            body = json.loads(e["payload"])
+            before = _parse_time(body.get("before"))
+            through = body.get("through_seq")
         except (ValueError, AttributeError):
-            before = None
-        if before is not None:
-            out.append((e["seq"], before))
+            before, through = None, None
+        at = _parse_time(e["at"])
+        # docs/evidence.md: a retention event counts only when its cutoff is not after its own time
+        # and it covers only events before it.
+        if before is not None and isinstance(through, int) and at is not None and before <= at and through < e["seq"]:
+            out.append((e["seq"], before, through))
     return out
 
 
@@ -196,7 +201,7 @@ def _verify_writer(writer: str, listed: list[dict], checkpoints: list[dict], tru
                     found = _problem("modified", writer, seq, "an in-scope event has no payload", e["session_id"])
             else:
                 at = _parse_time(e["at"])
-                covered = at is not None and any(r_seq > seq and before > at for r_seq, before in cutoffs)
+                covered = at is not None and any(r_seq > seq and through >= seq and before > at for r_seq, before, through in cutoffs)
                 if covered:
                     report["pruned"] += 1
                 else:
@@ -336,9 +341,35 @@ def verify_bundle(directory: str | Path, public_key_hex: str | None = None) -> d
     bundled_key = (directory / "public-key.txt").read_text().strip() if (directory / "public-key.txt").exists() else None
     trusted = public_key_hex or bundled_key
     manifest = {}
+    manifest_bytes = b""
     if (directory / "manifest.json").exists():
-        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        manifest_bytes = (directory / "manifest.json").read_bytes()
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
     result = verify_events(events, checkpoints, trusted, retention_ok=False, bundle=True, in_scope=_bundle_scope(manifest))
+
+    # The manifest (scope and extent) is signed with the checkpoint key over its exact bytes.
+    manifest_problem = None
+    signature_path = directory / "manifest.sig"
+    try:
+        signature = bytes.fromhex(signature_path.read_text().strip()) if signature_path.exists() else b""
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(trusted or "")).verify(signature, manifest_bytes)
+    except (ValueError, InvalidSignature):
+        manifest_problem = _problem("signature_invalid", "manifest.json", 0, "manifest.sig does not verify over manifest.json")
+    if manifest_problem is None:
+        for writer in manifest.get("writers", []):
+            own = [e for e in events if e.get("writer_id") == writer.get("writer_id")]
+            if not own or own[0].get("seq") != writer.get("first_seq") or own[0].get("prev_hash") != writer.get("first_prev_hash") \
+                    or own[-1].get("seq") != writer.get("last_seq") or len(own) != writer.get("events"):
+                manifest_problem = _problem("truncated", writer.get("writer_id"), writer.get("first_seq"),
+                                            "the events do not span what the signed manifest says")
+                break
+        if not events:
+            manifest_problem = _problem("missing", None, None, "the bundle holds no events")
+    # A bad manifest signature puts everything in doubt (reported first, as custos verify does);
+    # an extent mismatch matters when the chain itself holds.
+    if manifest_problem is not None and (result["problem"] is None or manifest_problem["kind"] == "signature_invalid"):
+        result["ok"] = False
+        result["problem"] = manifest_problem
 
     # policies: each version is the SHA-256 of its text; every version a decision names is there
     policy_problems = []

@@ -718,6 +718,35 @@ def test_modified_bundles_fail_with_the_right_kind(recorded, alpha_bundle, tmp_p
     v = verify_bundle(bundle, cwd=nowhere)
     assert v.rc == 1 and v.data["ok"] is False, v
 
+    # trimmed (the leading events, or the tail with its checkpoints) or re-scoped: the signed manifest says otherwise
+    bundle = _bundle_copy(alpha_bundle, tmp_path / "trim-head")
+    _rewrite_lines(bundle / "events.jsonl", lambda raw: raw[2:])
+    v = verify_bundle(bundle, cwd=nowhere)
+    assert v.rc == 1 and v.data["problem"]["kind"] == "missing", v
+    assert py_bundle(bundle)["ok"] is False
+
+    bundle = _bundle_copy(alpha_bundle, tmp_path / "trim-tail")
+    _rewrite_lines(bundle / "events.jsonl", lambda raw: raw[:-3])
+    _rewrite_lines(bundle / "checkpoints.jsonl", lambda raw: [])
+    v = verify_bundle(bundle, cwd=nowhere)
+    assert v.rc == 1 and v.data["problem"]["kind"] == "truncated", v
+    assert py_bundle(bundle)["ok"] is False
+
+    bundle = _bundle_copy(alpha_bundle, tmp_path / "empty-bundle")
+    _rewrite_lines(bundle / "events.jsonl", lambda raw: [])
+    _rewrite_lines(bundle / "checkpoints.jsonl", lambda raw: [])
+    v = verify_bundle(bundle, cwd=nowhere)
+    assert v.rc == 1, v
+    assert py_bundle(bundle)["ok"] is False
+
+    bundle = _bundle_copy(alpha_bundle, tmp_path / "rescoped")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["scope"] = {"session": recorded.ids["charlie"]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    v = verify_bundle(bundle, cwd=nowhere)
+    assert v.rc == 1 and v.data["problem"]["kind"] == "signature_invalid", v
+    assert_agree(py_bundle(bundle), v)
+
 
 def test_bundle_by_time_range(recorded, tmp_path):
     bundle = tmp_path / "bundle"
