@@ -99,6 +99,9 @@ def world(launcher, mint):
                         with pytest.raises(psycopg.errors.InsufficientPrivilege):
                             conn.execute(sql)
             ids[name] = gw.session_by_app(app)["id"]
+        # The search index follows the record in batches (within about 250 ms): wait until the last
+        # session's statement is searchable, and with it everything before it.
+        wait_until(lambda: ids["s5"] in [s["id"] for s in gw.sessions("--text", "shout")], 10, what="the search index")
         match = wait_until(lambda: ADMIN_RE.search(gw.log()), 15, what="the admin API")
         yield World(gw, ids, cut, f"http://127.0.0.1:{match.group(1)}")
     finally:

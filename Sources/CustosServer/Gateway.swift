@@ -105,6 +105,8 @@ public final class Gateway: Service {
                         + "refusing to extend and sign it. Keep the store as evidence, run custos verify, and start on a new store")
             }
             try store.savePolicy(config.policy ?? .denyAll)
+            // What a crash left unindexed becomes searchable before anything new arrives.
+            try store.indexAllStatements()
         } catch let error as ConfigError {
             throw error
         } catch {
@@ -261,6 +263,14 @@ public final class Gateway: Service {
             }
         }
         defer { checkpoints.cancel() }
+        // The search index follows the record within a quarter of a second, in batches between commits.
+        let indexing = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                writer.requestIndexing()
+            }
+        }
+        defer { indexing.cancel() }
         let retention = config.recording.retention.map { age in
             Task {
                 while !Task.isCancelled {

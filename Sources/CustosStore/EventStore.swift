@@ -86,7 +86,8 @@ public final class EventStore: Sendable {
         }
         migrator.registerMigration("v3-evidence") { db in
             // Signed chain heads; the policies decisions name; and the search index over statement
-            // events, kept by a trigger so that the writer's hot path stays one insert per event.
+            // events, filled in batches off the hot path (``indexStatements(limit:)``): a full-text
+            // insert in every statement's own commit cost more than the commit itself.
             try db.execute(
                 sql: """
                     CREATE TABLE checkpoints (
@@ -111,23 +112,8 @@ public final class EventStore: Sendable {
                     CREATE TABLE statement_tables (session_id TEXT NOT NULL, name TEXT NOT NULL);
                     CREATE INDEX statement_tables_name ON statement_tables (name, session_id);
                     CREATE VIRTUAL TABLE statement_text USING fts5(text, session_id UNINDEXED);
-                    CREATE TRIGGER events_index_statement AFTER INSERT ON events
-                    WHEN new.kind = 'statement' AND new.payload IS NOT NULL
-                    BEGIN
-                        INSERT INTO statement_index (writer_id, seq, session_id, verdict)
-                            VALUES (new.writer_id, new.seq, new.session_id, json_extract(new.payload, '$.decision.verdict'));
-                        INSERT INTO statement_tables (session_id, name)
-                            SELECT DISTINCT new.session_id, lower(value) FROM json_each(new.payload, '$.tables');
-                        INSERT INTO statement_text (rowid, text, session_id)
-                            VALUES ((SELECT id FROM statement_index WHERE writer_id = new.writer_id AND seq = new.seq),
-                                json_extract(new.payload, '$.text'), new.session_id);
-                    END;
-                    INSERT INTO statement_index (writer_id, seq, session_id, verdict)
-                        SELECT writer_id, seq, session_id, json_extract(payload, '$.decision.verdict')
-                        FROM events WHERE kind = 'statement' AND payload IS NOT NULL;
-                    INSERT INTO statement_text (rowid, text, session_id)
-                        SELECT statement_index.id, json_extract(events.payload, '$.text'), events.session_id
-                        FROM statement_index JOIN events USING (writer_id, seq);
+                    CREATE TABLE index_progress (writer_id TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL);
+                    DROP TRIGGER IF EXISTS events_index_statement;
                     """)
         }
         return migrator

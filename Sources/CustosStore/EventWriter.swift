@@ -27,6 +27,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private var stopping = false
     private var stopped = false
     private var checkpointRequested = false
+    private var indexRequested = false
     private let queueLimit: Int
     private var thread: Thread?
 
@@ -96,6 +97,14 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
     }
 
+    /// Asks for the search index to catch up with what is committed, between commits.
+    public func requestIndexing() {
+        condition.lock()
+        indexRequested = true
+        condition.signal()
+        condition.unlock()
+    }
+
     /// Asks for a checkpoint of the head as soon as what is queued is committed (a no-op when
     /// the head is already signed).
     public func requestCheckpoint() {
@@ -117,7 +126,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
-            while !stopping && prompt == 0 && !checkpointRequested {
+            while !stopping && prompt == 0 && !checkpointRequested && !indexRequested {
                 guard let since = lazySince else {
                     condition.wait()
                     continue
@@ -132,19 +141,27 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             lazySince = nil
             let done = stopping && batch.isEmpty
             let signNow = checkpointRequested || done
+            let indexNow = indexRequested || done
             checkpointRequested = false
+            indexRequested = false
             condition.unlock()
-            if done || batch.isEmpty {
-                if signNow { signHead() }
-                if done { break }
-                continue
-            }
-            commit(batch, sign: signNow)
+            if !batch.isEmpty { commit(batch, sign: signNow) } else if signNow { signHead() }
+            if indexNow { index(all: done) }
+            if done { break }
         }
         condition.lock()
         stopped = true
         condition.broadcast()
         condition.unlock()
+    }
+
+    /// Brings the search index up to date (everything when stopping, else one bounded batch).
+    private func index(all: Bool) {
+        do {
+            if all { try store.indexAllStatements() } else { try store.indexStatements() }
+        } catch {
+            logger.warning("search index not updated", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Signs the committed head alone (when asked while nothing was queued, and at stop).

@@ -103,6 +103,51 @@ extension EventStore {
         }
     }
 
+    /// Indexes statement events committed since the last call (at most `limit` events per writer),
+    /// for search by decision, table and text, in one transaction. Returns how many events it
+    /// went through. Called by the event writer between commits, never in a statement's commit.
+    @discardableResult
+    public func indexStatements(limit: Int = 20_000) throws -> Int {
+        try database.write { db in
+            var scanned = 0
+            let writers = try String.fetchAll(db, sql: "SELECT DISTINCT CAST(writer_id AS TEXT) FROM events")
+            for writerID in writers {
+                let done = try Int64.fetchOne(db, sql: "SELECT seq FROM index_progress WHERE writer_id = ?", arguments: [writerID]) ?? 0
+                guard let upTo = try Int64.fetchOne(
+                    db, sql: "SELECT max(seq) FROM (SELECT seq FROM events WHERE writer_id = ? AND seq > ? AND typeof(seq) = 'integer' ORDER BY seq LIMIT ?)",
+                    arguments: [writerID, done, limit])
+                else { continue }
+                let range: StatementArguments = [writerID, done, upTo]
+                // json_valid: a payload someone broke must not stop the index for good.
+                let statements = "e.writer_id = ? AND e.seq > ? AND e.seq <= ? AND e.kind = 'statement' AND json_valid(e.payload)"
+                try db.execute(
+                    sql: """
+                        INSERT OR IGNORE INTO statement_index (writer_id, seq, session_id, verdict)
+                            SELECT e.writer_id, e.seq, e.session_id, json_extract(e.payload, '$.decision.verdict') FROM events e WHERE \(statements)
+                        """, arguments: range)
+                try db.execute(
+                    sql: """
+                        INSERT INTO statement_tables (session_id, name)
+                            SELECT DISTINCT e.session_id, lower(j.value) FROM events e, json_each(e.payload, '$.tables') j WHERE \(statements)
+                        """, arguments: range)
+                try db.execute(
+                    sql: """
+                        INSERT INTO statement_text (rowid, text, session_id)
+                            SELECT s.id, json_extract(e.payload, '$.text'), e.session_id
+                            FROM events e JOIN statement_index s ON s.writer_id = e.writer_id AND s.seq = e.seq WHERE \(statements)
+                        """, arguments: range)
+                try db.execute(sql: "INSERT OR REPLACE INTO index_progress (writer_id, seq) VALUES (?, ?)", arguments: [writerID, upTo])
+                scanned += Int(upTo - done)
+            }
+            return scanned
+        }
+    }
+
+    /// Indexes everything not indexed yet (at start, and when the writer stops).
+    public func indexAllStatements() throws {
+        while try indexStatements() > 0 {}
+    }
+
     /// Whether any payload of `writerID` up to `throughSeq` is dated before `before`.
     public func hasPayloads(writerID: String, before: String, throughSeq: Int64) throws -> Bool {
         try database.read { db in
