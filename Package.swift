@@ -105,6 +105,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Fuzz targets (scripts/fuzz builds them with libFuzzer); a plain build runs a corpus through them.
+        .executableTarget(
+            name: "custos-fuzz",
+            dependencies: ["CustosPostgres", "CustosSQL", "CustosServer", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Sources/CustosFuzz", swiftSettings: swiftSettings),
         .testTarget(name: "CustosCoreTests", dependencies: ["CustosCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "CustosPostgresTests",

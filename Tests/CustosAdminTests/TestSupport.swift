@@ -111,7 +111,9 @@ struct Fixture: Sendable {
     var app: some ApplicationProtocol {
         var logger = Logger(label: "custos.admin.test")
         logger.logLevel = .warning
-        return AdminAPI.application(settings: Self.settings, verifier: verifier, approvals: book, logger: logger)
+        return AdminAPI.application(
+            settings: Self.settings, verifier: verifier, approvals: book, audit: ListedSessions(), evidence: EvidenceKey(publicKey: "ab", writerID: "gw-test"),
+            logger: logger)
     }
 
     func test<Value>(_ body: @Sendable (any TestClientProtocol) async throws -> Value) async throws -> Value {
@@ -143,5 +145,21 @@ extension TestResponse {
 
     func approval() throws -> Approval {
         try JSONDecoder().decode(Approval.self, from: Data(body.readableBytesView))
+    }
+}
+
+/// Two recorded sessions held in memory, for the routes' authorization and encoding (the SQLite
+/// store behind the same protocol is tested end to end in e2e/test_search.py).
+struct ListedSessions: AuditLog {
+    static let sessions = ["s1", "s2"].map {
+        SessionSummary(
+            id: $0, connection: "prod", database: "prod", startupUser: "agent", subject: "alice", email: nil, issuer: Fixture.issuer, groups: ["dev"],
+            clientAddress: "127.0.0.1:5000", applicationName: nil, startedAt: "2026-11-30T10:00:00.000000Z", outcome: "closed")
+    }
+
+    func sessions(_ filter: SessionFilter) throws -> [SessionSummary] { Self.sessions }
+
+    func session(id: String) throws -> (SessionSummary, [Event])? {
+        Self.sessions.first { $0.id == id }.map { ($0, []) }
     }
 }

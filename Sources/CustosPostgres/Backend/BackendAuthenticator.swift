@@ -6,13 +6,14 @@ import NIOCore
 
 /// The gateway's side of backend authentication (SCRAM-SHA-256, md5, cleartext) as a value-type
 /// state machine: feed it the server's Authentication requests, send what it returns.
-struct BackendAuthenticator {
-    enum Failure: Error, Equatable, CustomStringConvertible {
+public struct BackendAuthenticator {
+    /// Why authentication cannot go on.
+    public enum Failure: Error, Equatable, CustomStringConvertible {
         case unsupportedMethod(String)
         case protocolViolation(String)
         case serverSignatureMismatch
 
-        var description: String {
+        public var description: String {
             switch self {
             case .unsupportedMethod(let method): "backend asked for an unsupported authentication method: \(method)"
             case .protocolViolation(let detail): "backend SCRAM exchange invalid: \(detail)"
@@ -21,7 +22,8 @@ struct BackendAuthenticator {
         }
     }
 
-    enum Step: Equatable {
+    /// What to do after a server message.
+    public enum Step: Equatable {
         /// Send this message to the backend.
         case send(FrontendMessage)
         /// Nothing to send; wait for the next message.
@@ -42,13 +44,14 @@ struct BackendAuthenticator {
         var expectedServerSignature: [UInt8]?
     }
 
-    init(user: String, password: String, scramUser: String = "") {
+    public init(user: String, password: String, scramUser: String = "") {
         self.user = user
         self.password = password
         self.scramUser = scramUser
     }
 
-    mutating func handle(_ request: BackendMessage.Authentication, nonce: () -> String = ScramCrypto.makeNonce) throws(Failure) -> Step {
+    /// The answer to one Authentication request from the server.
+    public mutating func handle(_ request: BackendMessage.Authentication, nonce: () -> String = ScramCrypto.makeNonce) throws(Failure) -> Step {
         switch request {
         case .ok:
             if let scram, scram.expectedServerSignature != nil { throw .protocolViolation("no server-final message") }
@@ -122,6 +125,7 @@ struct BackendAuthenticator {
 
 /// The hashing behind SCRAM and md5, with the salted password cached: PBKDF2 is the dominant
 /// cost of a new backend connection and its inputs (password, salt, iterations) rarely change.
+@usableFromInline
 enum ScramCrypto {
     private static let cache = NIOLockedValueBox<[CacheKey: [UInt8]]>([:])
 
@@ -153,6 +157,7 @@ enum ScramCrypto {
         Insecure.MD5.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
 
+    @usableFromInline
     static func makeNonce() -> String {
         var generator = SystemRandomNumberGenerator()
         let bytes = (0..<18).map { _ in UInt8.random(in: 0...255, using: &generator) }
