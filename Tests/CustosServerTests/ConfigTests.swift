@@ -41,6 +41,13 @@ struct ConfigTests {
         #expect(config.keys.signingFile == "/etc/custos/data/custos-signing.key")
     }
 
+    @Test("YAML that Yams's own loader traps on is a configuration error (found by scripts/fuzz)")
+    func hostileYAML() {
+        for yaml in ["? [1, 2]\n: x\n", "listen: {? {a: 1} : 2}\n", String(repeating: "[", count: 500), "a: &x 1\nb: *x\n"] {
+            #expect(throws: ConfigError.self) { try CustosConfig.parse(yaml: yaml, baseDirectory: "/") }
+        }
+    }
+
     @Test("evidence settings: checkpoints, retention and the signing key")
     func evidence() throws {
         let yaml = Self.valid.replacingOccurrences(

@@ -111,7 +111,7 @@ public struct CustosConfig: Sendable {
     public static func parse(yaml: String, baseDirectory: String) throws(ConfigError) -> CustosConfig {
         let document: Any?
         do {
-            document = try Yams.load(yaml: yaml)
+            document = try YAMLDocument.load(yaml)
         } catch {
             throw ConfigError(key: "", problem: "not valid YAML: \(error)")
         }
