@@ -480,6 +480,25 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def http_json(url: str, token: str | None = None) -> tuple[int, object]:
+    """GET url (no proxy), with a bearer token when given: (status, parsed JSON, or text if not JSON)."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=15) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
 def copy_secrets(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     os.chmod(dst, 0o700)

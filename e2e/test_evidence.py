@@ -16,8 +16,6 @@ import stat
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from custos_e2e import (
-    HEX64_RE, Gateway, GatewayError, canonical_json, custos_bin, event_hash, read_events, sha256_hex, wait_until,
+    HEX64_RE, Gateway, GatewayError, canonical_json, custos_bin, event_hash, http_json, read_events, sha256_hex, wait_until,
 )
 
 ADMIN_RE = re.compile(r"custos: admin API listening on 127\.0\.0\.1:(\d+)")
@@ -212,19 +210,7 @@ def admin_url(gw: Gateway) -> str:
 
 
 def http_get(url: str, token: str | None = None) -> tuple[int, object]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=15) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return http_json(url, token)
 
 
 def stop_checked(gw: Gateway) -> None:

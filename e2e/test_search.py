@@ -12,9 +12,7 @@ import math
 import re
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from custos_e2e import Gateway, custos_bin, read_events, wait_until
+from custos_e2e import Gateway, custos_bin, http_json, read_events, wait_until
 
 ADMIN_RE = re.compile(r"custos: admin API listening on 127\.0\.0\.1:(\d+)")
 
@@ -236,19 +234,7 @@ def test_bad_filter_values_are_refused_by_the_cli(world):
 
 
 def api(world: World, path: str, token: str | None = None) -> tuple[int, object]:
-    request = urllib.request.Request(world.url + path)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=15) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return http_json(world.url + path, token)
 
 
 def api_sessions(world: World, token: str, query: dict) -> list[dict]:
