@@ -38,19 +38,7 @@ public final class Gateway: Service {
         var targets: [String: PostgresTarget] = [:]
         for connection in config.connections {
             let password = try config.password(of: connection)
-            let tls: PostgresTarget.TLSMode =
-                switch connection.sslmode {
-                case "require": .require
-                case "verify-full": .verifyFull(caFile: connection.caFile!)
-                default: .disable
-                }
-            do {
-                targets[connection.name] = try PostgresTarget(
-                    connection: ConnectionTarget(name: connection.name, kind: "postgres", allowGroups: connection.allowGroups, sandbox: connection.sandbox),
-                    host: connection.host, port: connection.port, database: connection.database, user: connection.user, password: password, tls: tls)
-            } catch {
-                throw ConfigError(key: "connections.\(connection.name).ca_file", problem: "cannot load the CA: \(error)")
-            }
+            targets[connection.name] = try connection.target(password: password)
         }
         var listenerTLS: NIOSSLContext?
         if let certificate = config.listen.tlsCertificate, let key = config.listen.tlsKey {

@@ -72,16 +72,7 @@ public enum Replay {
         guard let (session, events) = try store.session(id: id) else { throw ReplayError("no session \(id)") }
         let digest = try KeyFile.load(path: config.keys.digestFile, key: "keys.digest_file")
         let masking = try KeyFile.load(path: config.keys.maskingFile, key: "keys.masking_file")
-        let tls: PostgresTarget.TLSMode =
-            switch connection.sslmode {
-            case "require": .require
-            case "verify-full": .verifyFull(caFile: connection.caFile!)
-            default: .disable
-            }
-        let target = try PostgresTarget(
-            connection: ConnectionTarget(name: connection.name, kind: "postgres", allowGroups: connection.allowGroups, sandbox: connection.sandbox),
-            host: connection.host, port: connection.port, database: connection.database, user: connection.user,
-            password: try config.password(of: connection), tls: tls)
+        let target = try connection.target(password: try config.password(of: connection))
         let replay = ReplayConnection(
             target: target, readOnly: !allowWrites, digestKey: digest.key, maskingKey: masking.key, profile: profile, sampleRows: rows,
             eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)

@@ -1,4 +1,5 @@
 import CustosCore
+import CustosPostgres
 import Foundation
 import Yams
 
@@ -314,6 +315,25 @@ public struct CustosConfig: Sendable {
                 throw ConfigError(key: "connections.\(connection.name).password_file", problem: "\(path) is empty")
             }
             return trimmed
+        }
+    }
+}
+
+extension CustosConfig.Connection {
+    /// The backend this connection names, with `password` as the gateway's credential.
+    func target(password: String) throws(ConfigError) -> PostgresTarget {
+        let tls: PostgresTarget.TLSMode =
+            switch sslmode {
+            case "require": .require
+            case "verify-full": .verifyFull(caFile: caFile!)
+            default: .disable
+            }
+        do {
+            return try PostgresTarget(
+                connection: ConnectionTarget(name: name, kind: "postgres", allowGroups: allowGroups, sandbox: sandbox),
+                host: host, port: port, database: database, user: user, password: password, tls: tls)
+        } catch {
+            throw ConfigError(key: "connections.\(name).ca_file", problem: "cannot load the CA: \(error)")
         }
     }
 }
