@@ -9,6 +9,10 @@ import Logging
 /// next prompt one, or are committed after `lazyWindow` at the latest. A commit costs far more
 /// than an insert, so this halves the commits of a statement (its result rides on the next).
 ///
+/// A failed commit fails the events someone waits for (their statements are refused), but keeps
+/// the others: they record what already happened (a result, a session's end), so they are tried
+/// again with the next commit, or after `retryDelay`, until the store takes them.
+///
 /// It owns the writer's chain head, so sequence numbers and previous hashes follow commit order.
 /// A session never blocks on it: `append` only queues. With a signer it also signs the head
 /// (a ``Checkpoint``) every `checkpointEvery` events, when asked, and when it stops.
@@ -30,6 +34,11 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private var indexRequested = false
     private let queueLimit: Int
     private var thread: Thread?
+    // Writer-thread state (read under `condition` by the wait loop): lazy events whose commit
+    // failed, oldest first, and when to try them again without a prompt commit.
+    private var retained: [(EventDraft, Completion?)] = []
+    private var retryAt: Date?
+    private let retryDelay: TimeInterval
 
     /// The writer id whose chain this writer extends.
     public let writerID: String
@@ -44,7 +53,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
 
     /// Starts a writer on `store`, continuing `writerID`'s chain where it ends.
     public init(
-        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, signer: CheckpointSigner? = nil,
+        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, retryDelay: TimeInterval = 1, signer: CheckpointSigner? = nil,
         checkpointEvery: Int = 1000, onCheckpoint: @escaping @Sendable (Checkpoint) -> Void = { _ in }, logger: Logger
     ) throws {
         self.store = store
@@ -53,6 +62,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         self.checkpointEvery = Int64(max(1, checkpointEvery))
         self.signedSeq = try store.checkpoints(writerID: writerID).last?.seq ?? 0
         self.lazyWindow = lazyWindow
+        self.retryDelay = retryDelay
         self.writerID = writerID
         self.queueLimit = queueLimit
         self.logger = logger
@@ -127,15 +137,18 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         while true {
             condition.lock()
             while !stopping && prompt == 0 && !checkpointRequested && !indexRequested {
-                guard let since = lazySince else {
+                let lazyDue = lazySince.map { $0.addingTimeInterval(lazyWindow) }
+                guard let due = [lazyDue, retryAt].compactMap({ $0 }).min() else {
                     condition.wait()
                     continue
                 }
-                let due = since.addingTimeInterval(lazyWindow)
                 if Date() >= due || queue.count >= 1024 { break }
                 condition.wait(until: due)
             }
-            let batch = queue
+            let batch = retained + queue
+            let finalAttempt = stopping
+            retained.removeAll()
+            retryAt = nil
             queue.removeAll(keepingCapacity: true)
             prompt = 0
             lazySince = nil
@@ -145,7 +158,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             checkpointRequested = false
             indexRequested = false
             condition.unlock()
-            if !batch.isEmpty { commit(batch, sign: signNow) } else if signNow { signHead() }
+            if !batch.isEmpty { commit(batch, sign: signNow, final: finalAttempt) } else if signNow { signHead() }
             if indexNow { index(all: done) }
             if done { break }
         }
@@ -187,7 +200,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
     }
 
-    private func commit(_ batch: [(EventDraft, Completion?)], sign: Bool) {
+    /// Commits `batch` in one transaction. On failure the waiting events fail and the others are
+    /// retained for the next attempt; on the `final` attempt (stopping) they are given up, loudly.
+    private func commit(_ batch: [(EventDraft, Completion?)], sign: Bool, final: Bool) {
         var seq = self.seq
         var lastHash = self.lastHash
         var sealed: [(Event, SessionIndexUpdate?, Approval?)] = []
@@ -213,6 +228,16 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             // The chain head stays at the last committed event, so the chain has no gap.
             logger.error("event store write failed", metadata: ["error": "\(error)", "events": "\(batch.count)"])
             result = .failure(RecorderError(reason: "store write failed"))
+            let kept = batch.filter { $0.1 == nil }
+            if final, !kept.isEmpty {
+                let kinds = Set(kept.map(\.0.kind.rawValue)).sorted().joined(separator: ",")
+                logger.critical("events not recorded: the store failed as the recorder stopped", metadata: ["events": "\(kept.count)", "kinds": "\(kinds)"])
+            } else if !kept.isEmpty {
+                condition.lock()
+                retained = kept
+                retryAt = Date().addingTimeInterval(retryDelay)
+                condition.unlock()
+            }
         }
         for (_, completion) in batch { completion?(result) }
     }

@@ -109,6 +109,30 @@ struct EventWriterTests {
         writer.stop()
     }
 
+    @Test("a lazy event whose commit failed is kept and committed once the store takes writes again")
+    func lazyEventsSurviveAFailedCommit() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", lazyWindow: 0.01, retryDelay: 0.05, logger: Logger(label: "test"))
+        let drafts = Self.session(SessionEvents())
+        try await append(writer, drafts[0])
+        try await store.database.write { db in try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'disk full'); END") }
+        writer.appendLater(drafts[2])  // a result: the statement ran, so it must not be lost
+        await #expect(throws: RecorderError.self) { try await append(writer, drafts[1]) }
+        try await Task.sleep(for: .milliseconds(200))  // several retries, all refused
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open"])
+        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
+        // Retried alone after retryDelay, before any prompt commit.
+        let deadline = Date().addingTimeInterval(5)
+        while try store.events(writerID: "w").count < 2, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        writer.appendLater(drafts[3])
+        try await append(writer, drafts[1])
+        writer.stop()
+        let stored = try store.events(writerID: "w")
+        #expect(stored.map(\.kind) == ["session.open", "result", "session.close", "statement"])
+        #expect(stored.map(\.seq) == [1, 2, 3, 4])
+        #expect(stored.allSatisfy(EventChain.isSelfConsistent))
+    }
+
     @Test("appends after stop fail instead of vanishing")
     func appendAfterStop() async throws {
         let writer = try EventWriter(store: try EventStore(path: path), writerID: "w", logger: Logger(label: "test"))
