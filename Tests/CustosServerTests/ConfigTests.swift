@@ -41,6 +41,16 @@ struct ConfigTests {
         #expect(config.keys.signingFile == "/etc/custos/data/custos-signing.key")
     }
 
+    @Test("a connection's backend pool: off by default, on with a size")
+    func pool() throws {
+        let off = try CustosConfig.parse(yaml: Self.valid, baseDirectory: "/")
+        #expect(try off.connections[0].target(password: "pw").pool == nil)
+        let yaml = Self.valid.replacingOccurrences(of: "allow_groups: [agents]", with: "allow_groups: [agents]\n    pool: {size: 8, idle_timeout: 2m}")
+        let pool = try #require(try CustosConfig.parse(yaml: yaml, baseDirectory: "/").connections[0].target(password: "pw").pool)
+        #expect(pool.size == 8)
+        #expect(pool.idleTimeout.nanoseconds == 120_000_000_000)
+    }
+
     @Test("YAML that Yams's own loader traps on is a configuration error (found by scripts/fuzz)")
     func hostileYAML() {
         for yaml in ["? [1, 2]\n: x\n", "listen: {? {a: 1} : 2}\n", String(repeating: "[", count: 500), "a: &x 1\nb: *x\n"] {
@@ -77,6 +87,10 @@ struct ConfigTests {
             ("store: data/custos.sqlite", "store: data/custos.sqlite\n  retention: forever", "recording.retention"),
             ("store: data/custos.sqlite", "store: data/custos.sqlite\n  checkpoint_every: 0", "recording.checkpoint_every"),
             ("store: data/custos.sqlite", "store: data/custos.sqlite\n  checkpoint_interval: 10ms", "recording.checkpoint_interval"),
+            ("allow_groups: [agents]", "allow_groups: [agents]\n    pool: {size: -1}", "connections.appdb.pool.size"),
+            ("allow_groups: [agents]", "allow_groups: [agents]\n    pool: {size: 5, idle_timeout: 10ms}", "connections.appdb.pool.idle_timeout"),
+            ("allow_groups: [agents]", "allow_groups: [agents]\n    pool: {size: 5, max: 9}", "connections.appdb.pool.max"),
+            ("allow_groups: [agents]", "allow_groups: [agents]\n    pool: 5", "connections.appdb.pool"),
         ])
     func refused(replacing: String, with: String, key: String) {
         let yaml = Self.valid.replacingOccurrences(of: replacing, with: with)

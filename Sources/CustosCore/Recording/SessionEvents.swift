@@ -24,19 +24,36 @@ public struct SessionEvents: Sendable {
         }
     }
 
+    /// The backend connection a session runs on: the server's process id (its `pg_stat_activity.pid`,
+    /// to match the server's own logs) and whether it came from the gateway's pool.
+    public struct Backend: Sendable {
+        public var processID: Int32
+        public var reused: Bool
+
+        public init(processID: Int32, reused: Bool) {
+            self.processID = processID
+            self.reused = reused
+        }
+    }
+
     /// The session was admitted and its backend is ready.
-    public func open(client: Client, identity: Identity, connection: ConnectionTarget, decision: Decision, at: Date = Date()) -> EventDraft {
+    public func open(
+        client: Client, identity: Identity, connection: ConnectionTarget, decision: Decision, backend: Backend? = nil, at: Date = Date()
+    ) -> EventDraft {
         let summary = SessionSummary(
             id: sessionID, connection: connection.name, database: client.database, startupUser: client.startupUser,
             subject: identity.subject, email: identity.email, issuer: identity.issuer, groups: identity.groups,
             clientAddress: client.address, applicationName: client.applicationName, startedAt: Timestamp.format(at), outcome: "open")
-        let payload: CanonicalJSON = [
+        var fields: [String: CanonicalJSON] = [
             "client": Self.client(client),
             "connection": .string(connection.name),
             "identity": Self.identity(identity),
             "decision": Self.decision(decision),
         ]
-        return EventDraft(kind: .sessionOpen, sessionID: sessionID, at: at, payload: payload, index: .open(summary))
+        if let backend {
+            fields["backend"] = ["pid": .int(Int64(backend.processID)), "reused": .bool(backend.reused)]
+        }
+        return EventDraft(kind: .sessionOpen, sessionID: sessionID, at: at, payload: .object(fields), index: .open(summary))
     }
 
     /// A connection attempt was refused before a session existed (bad token, not allowed, …).

@@ -1,4 +1,5 @@
 import CustosCore
+import NIOCore
 import NIOSSL
 
 /// A PostgreSQL connection target with the gateway-held credential.
@@ -23,9 +24,28 @@ public struct PostgresTarget: Sendable {
     public var tls: TLSMode
     /// Built once from `tls`; nil when TLS is off.
     public var tlsContext: NIOSSLContext?
+    /// Keep released backend connections for the next session; nil closes each with its session.
+    public var pool: PoolSettings?
 
-    public init(connection: ConnectionTarget, host: String, port: Int, database: String, user: String, password: String, tls: TLSMode) throws {
+    /// The backend pool of a target (see ``BackendPools``).
+    public struct PoolSettings: Sendable {
+        /// Idle connections kept for this target at most, over all event loops.
+        public var size: Int
+        /// An idle connection unused this long is closed.
+        public var idleTimeout: TimeAmount
+
+        public init(size: Int, idleTimeout: TimeAmount) {
+            self.size = size
+            self.idleTimeout = idleTimeout
+        }
+    }
+
+    public init(
+        connection: ConnectionTarget, host: String, port: Int, database: String, user: String, password: String, tls: TLSMode,
+        pool: PoolSettings? = nil
+    ) throws {
         self.connection = connection
+        self.pool = pool
         self.host = host
         self.port = port
         self.database = database

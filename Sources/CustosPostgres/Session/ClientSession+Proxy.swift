@@ -130,9 +130,13 @@ extension ClientSession: BackendDelegate {
         case .sync:
             forward(frame, expecting: .sync)
         case .terminate:
-            forward(frame, expecting: nil)
-            flushBackend()
+            let pooled = releaseBackend()
+            if pooled == nil {
+                forward(frame, expecting: nil)
+                flushBackend()
+            }
             finish(outcome: "closed", reason: nil, sqlstate: nil)
+            pooled?.reset()  // after finish, which detaches the relay from this session
         case .functionCall:
             refuseStatement(
                 ErrorFields(severity: "ERROR", sqlstate: "0A000", message: "fast-path function calls are not supported through Custos"),

@@ -35,7 +35,13 @@ final class ClientSession: ChannelInboundHandler {
     var identity: Identity?
     var target: PostgresTarget?
     var backend: (any Channel)?
-    let relay = BackendRelay()
+    /// Replaced by the pooled connection's own relay when the session reuses one.
+    var relay = BackendRelay()
+    /// The backend as a pool sees it (key, process, reported parameters), when its target pools.
+    var backendIdentity: PooledBackend.Identity?
+    var backendReused = false
+    /// The backend's process id (for the record), once it has said it.
+    var backendProcessID: Int32?
     var cancelKey: CancelRegistry.Key?
     var startupTimer: Scheduled<Void>?
     var expiryTimer: Scheduled<Void>?
@@ -251,6 +257,16 @@ final class ClientSession: ChannelInboundHandler {
         guard decision.verdict == .allow else {
             return refuse(sqlstate: decision.sqlstate, message: decision.message ?? "not allowed")
         }
+        var parameters = [StartupPacket.Parameter("user", target.user), StartupPacket.Parameter("database", target.database)]
+        // Session settings the client asked for travel on; identity-bearing ones are the gateway's.
+        parameters += startupParameters.filter { !["user", "database", "replication"].contains($0.name) }
+        if target.pool != nil {
+            let key = BackendPools.Key(connection: target.connection.name, parameters: parameters.map { "\($0.name)=\($0.value)" }.sorted())
+            if let pooled = gateway.pools.take(key, on: context.eventLoop) {
+                return resume(pooled, decision: decision)
+            }
+            backendIdentity = PooledBackend.Identity(key: key, processID: 0, secret: 0, parameterStatus: [])
+        }
         phase = .connectingBackend
         relay.delegate = self
         BackendConnector.connect(to: target, on: context.eventLoop, relay: relay, maxMessageSize: Int(Int32.max))
@@ -262,7 +278,7 @@ final class ClientSession: ChannelInboundHandler {
                         return
                     }
                     backend = channel
-                    startBackendAuthentication(target: target, decision: decision)
+                    startBackendAuthentication(parameters: parameters, decision: decision)
                 case .failure(let error):
                     logger.warning("backend unreachable", metadata: ["error": "\(error)"])
                     refuse(sqlstate: "08001", message: "could not connect to the backend of connection \"\(target.connection.name)\"")
@@ -272,12 +288,10 @@ final class ClientSession: ChannelInboundHandler {
 
     private var openDecision: Decision?
 
-    private func startBackendAuthentication(target: PostgresTarget, decision: Decision) {
+    private func startBackendAuthentication(parameters: [StartupPacket.Parameter], decision: Decision) {
+        guard let target else { return }
         openDecision = decision
         phase = .authenticatingBackend(BackendAuthenticator(user: target.user, password: target.password))
-        var parameters = [StartupPacket.Parameter("user", target.user), StartupPacket.Parameter("database", target.database)]
-        // Session settings the client asked for travel on; identity-bearing ones are the gateway's.
-        parameters += startupParameters.filter { !["user", "database", "replication"].contains($0.name) }
         var buffer = context.channel.allocator.buffer(capacity: 128)
         StartupPacket.startup(version: StartupPacket.protocol3, parameters: parameters).encode(into: &buffer)
         backend?.writeAndFlush(buffer, promise: nil)
@@ -320,24 +334,64 @@ final class ClientSession: ChannelInboundHandler {
             guard let message = try? BackendMessage.decode(frame) else { return backendRefused("unreadable backend message") }
             switch message {
             case .backendKeyData(let processID, let secretKey):
-                let loop = context.eventLoop
-                let bound = NIOLoopBound(self, eventLoop: loop)
-                let key = gateway.cancelKeys.register(
-                    .init(
-                        host: target!.host, port: target!.port, processID: processID, secret: secretKey,
-                        cancelHeld: { loop.execute { bound.value.cancelHeldStatement() } }))
-                cancelKey = key
-                send(.backendKeyData(processID: key.processID, secretKey: key.secret), flush: false)
+                backendIdentity?.processID = processID
+                backendIdentity?.secret = secretKey
+                registerCancelKey(processID: processID, secret: secretKey)
             case .readyForQuery:
                 sessionReady(readyFrame: frame)
             case .errorResponse(let fields):
                 backendRefused("backend refused the session: \(fields.sqlstate ?? "?") \(fields.message ?? "")")
+            case .parameterStatus(let name, _):
+                backendIdentity?.parameterStatus.append((name, frame.raw))
+                writeToClient(frame.raw)
             default:
                 writeToClient(frame.raw)
             }
         default:
             break
         }
+    }
+
+    /// Gives the client a key of the gateway's own for the backend's, so the backend's never leaves.
+    private func registerCancelKey(processID: Int32, secret: Int32) {
+        backendProcessID = processID
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let key = gateway.cancelKeys.register(
+            .init(
+                host: target!.host, port: target!.port, processID: processID, secret: secret,
+                cancelHeld: { loop.execute { bound.value.cancelHeldStatement() } }))
+        cancelKey = key
+        send(.backendKeyData(processID: key.processID, secretKey: key.secret), flush: false)
+    }
+
+    /// Starts the session on an idle pooled connection: the client sees what a fresh backend
+    /// would have sent (its parameters, a key of its own, ReadyForQuery).
+    private func resume(_ pooled: PooledBackend, decision: Decision) {
+        pooled.adopt(by: self)
+        backend = pooled.channel
+        relay = pooled.relay
+        backendIdentity = pooled.identity
+        backendReused = true
+        openDecision = decision
+        send(.authentication(.ok), flush: false)
+        for status in pooled.identity.parameterStatus { writeToClient(status.frame) }
+        registerCancelKey(processID: pooled.identity.processID, secret: pooled.identity.secret)
+        var ready = context.channel.allocator.buffer(capacity: 6)
+        BackendMessage.readyForQuery(.idle).encode(into: &ready)
+        var body = ready
+        body.moveReaderIndex(forwardBy: 5)
+        sessionReady(readyFrame: PostgresFrame(type: UInt8(ascii: "Z"), body: body, raw: ready))
+    }
+
+    /// Hands the backend to the pool when the session ends at rest (no statement outstanding, no
+    /// transaction open); nil when it must be closed instead.
+    func releaseBackend() -> PooledBackend? {
+        guard let settings = target?.pool, let backend, let identity = backendIdentity, identity.processID != 0, opened,
+            tracker.isIdle, tracker.transactionStatus == .idle, held == nil, queued.isEmpty, pausedFrames == nil, !abortedBlock
+        else { return nil }
+        self.backend = nil
+        return PooledBackend(channel: backend, relay: relay, identity: identity, pools: gateway.pools, settings: settings, logger: gateway.logger)
     }
 
     private func backendRefused(_ detail: String) {
@@ -351,7 +405,9 @@ final class ClientSession: ChannelInboundHandler {
         startupTimer?.cancel()
         phase = .proxying
         held = HeldStatement(stage: .awaitingCommit, frame: readyFrame)
-        let draft = events.open(client: client, identity: identity, connection: target.connection, decision: decision)
+        let draft = events.open(
+            client: client, identity: identity, connection: target.connection, decision: decision,
+            backend: backendProcessID.map { .init(processID: $0, reused: backendReused) })
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         gateway.recorder.append(draft) { result in

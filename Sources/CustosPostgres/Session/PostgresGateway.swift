@@ -66,6 +66,8 @@ public final class PostgresGateway: Sendable {
     /// Column origins per connection target, by name.
     let catalogs: [String: Catalog]
     let cancelKeys = CancelRegistry()
+    /// Idle backend connections of the targets that pool.
+    let pools = BackendPools()
     let liveSessions = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<ClientSession>]>([:])
 
     public init(
@@ -102,6 +104,7 @@ extension PostgresGateway {
         while sessionCount > 0, ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        pools.closeAll()
     }
 
     func register(_ session: ClientSession, on eventLoop: any EventLoop) {

@@ -1,6 +1,7 @@
 import CustosCore
 import CustosPostgres
 import Foundation
+import NIOCore
 import Yams
 
 /// The gateway's configuration, read from YAML and validated before anything starts.
@@ -43,6 +44,10 @@ public struct CustosConfig: Sendable {
         public var caFile: String?
         public var allowGroups: [String]
         public var sandbox: Bool
+        /// Backend connections kept for reuse (`pool.size`); 0 closes each with its session.
+        public var poolSize: Int = 0
+        /// An idle pooled connection is closed after this long (seconds).
+        public var poolIdleTimeout: TimeInterval = 60
     }
 
     /// The event store.
@@ -285,11 +290,16 @@ public struct CustosConfig: Sendable {
         if sslmode == "verify-full" && caFile == nil {
             throw ConfigError(key: reader.key("ca_file"), problem: "is required with sslmode verify-full")
         }
-        let connection = Connection(
+        var connection = Connection(
             name: name, host: try reader.string("host"), port: try reader.int("port", default: 5432, range: 1...65535),
             database: try reader.string("database", default: name), user: try reader.string("user"), password: password,
             sslmode: sslmode, caFile: caFile, allowGroups: try reader.stringList("allow_groups") ?? [],
             sandbox: try reader.bool("sandbox", default: false))
+        var pool = try reader.child("pool")
+        connection.poolSize = try pool.int("size", default: 0, range: 0...10_000)
+        connection.poolIdleTimeout = try pool.duration("idle_timeout", default: 60)
+        guard connection.poolIdleTimeout >= 1 else { throw ConfigError(key: pool.key("idle_timeout"), problem: "must be at least 1s") }
+        try pool.finish()
         try reader.finish()
         return connection
     }
@@ -331,7 +341,8 @@ extension CustosConfig.Connection {
         do {
             return try PostgresTarget(
                 connection: ConnectionTarget(name: name, kind: "postgres", allowGroups: allowGroups, sandbox: sandbox),
-                host: host, port: port, database: database, user: user, password: password, tls: tls)
+                host: host, port: port, database: database, user: user, password: password, tls: tls,
+                pool: poolSize > 0 ? .init(size: poolSize, idleTimeout: .milliseconds(Int64(poolIdleTimeout * 1000))) : nil)
         } catch {
             throw ConfigError(key: "connections.\(name).ca_file", problem: "cannot load the CA: \(error)")
         }
