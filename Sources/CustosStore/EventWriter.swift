@@ -33,6 +33,8 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     private var checkpointRequested = false
     private var indexRequested = false
     private let queueLimit: Int
+    /// Events the search index takes in one go between commits.
+    static let indexSlice = 2000
     private var thread: Thread?
     // Writer-thread state (read under `condition` by the wait loop): lazy events whose commit
     // failed, oldest first, and when to try them again without a prompt commit.
@@ -143,7 +145,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
                     continue
                 }
                 if Date() >= due || queue.count >= 1024 { break }
-                condition.wait(until: due)
+                _ = condition.wait(until: due)
             }
             let batch = retained + queue
             let finalAttempt = stopping
@@ -168,10 +170,18 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Brings the search index up to date (everything when stopping, else one bounded batch).
+    /// Brings the search index up to date: everything when stopping, else one slice, small enough
+    /// that the commits waiting behind it are not held up for long; a backlog takes more slices,
+    /// between commits.
     private func index(all: Bool) {
         do {
-            if all { try store.indexAllStatements() } else { try store.indexStatements() }
+            if all {
+                try store.indexAllStatements()
+            } else if try store.indexStatements(limit: Self.indexSlice) >= Self.indexSlice {
+                condition.lock()
+                indexRequested = true
+                condition.unlock()
+            }
         } catch {
             logger.warning("search index not updated", metadata: ["error": "\(error)"])
         }

@@ -10,11 +10,20 @@ extension EventStore {
             .execute(arguments: [checkpoint.writerID, checkpoint.seq, checkpoint.hash, checkpoint.at, checkpoint.publicKey, checkpoint.signature])
     }
 
+    /// The writer ids of `events`, as text (whatever a tampered store holds there, so that reading
+    /// never traps), found by skipping along the primary key: a `DISTINCT` reads every event, which
+    /// took 180 ms at 500,000 events, and the indexer asks four times a second.
+    static let eventWriters = """
+        WITH RECURSIVE w(id) AS (
+            SELECT (SELECT min(writer_id) FROM events)
+            UNION ALL SELECT (SELECT min(writer_id) FROM events WHERE writer_id > w.id) FROM w WHERE w.id IS NOT NULL)
+        SELECT CAST(id AS TEXT) FROM w WHERE id IS NOT NULL
+        """
+
     /// Every writer with events or checkpoints in this store.
     public func writers() throws -> [String] {
         try database.read { db in
-            // Read as text whatever a tampered store holds there, so that reading never traps.
-            try String.fetchAll(db, sql: "SELECT CAST(writer_id AS TEXT) FROM events UNION SELECT CAST(writer_id AS TEXT) FROM checkpoints ORDER BY 1")
+            try String.fetchAll(db, sql: "\(Self.eventWriters) UNION SELECT CAST(writer_id AS TEXT) FROM checkpoints ORDER BY 1")
         }
     }
 
@@ -110,7 +119,7 @@ extension EventStore {
     public func indexStatements(limit: Int = 20_000) throws -> Int {
         try database.write { db in
             var scanned = 0
-            let writers = try String.fetchAll(db, sql: "SELECT DISTINCT CAST(writer_id AS TEXT) FROM events")
+            let writers = try String.fetchAll(db, sql: Self.eventWriters)
             for writerID in writers {
                 let done = try Int64.fetchOne(db, sql: "SELECT seq FROM index_progress WHERE writer_id = ?", arguments: [writerID]) ?? 0
                 guard let upTo = try Int64.fetchOne(
