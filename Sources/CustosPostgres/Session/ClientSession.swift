@@ -263,7 +263,7 @@ final class ClientSession: ChannelInboundHandler {
         if target.pool != nil {
             let key = BackendPools.Key(connection: target.connection.name, parameters: parameters.map { "\($0.name)=\($0.value)" }.sorted())
             if let pooled = gateway.pools.take(key, on: context.eventLoop) {
-                return resume(pooled, decision: decision)
+                return resume(on: pooled, decision: decision)
             }
             backendIdentity = PooledBackend.Identity(key: key, processID: 0, secret: 0, parameterStatus: [])
         }
@@ -286,7 +286,7 @@ final class ClientSession: ChannelInboundHandler {
             }
     }
 
-    private var openDecision: Decision?
+    var openDecision: Decision?
 
     private func startBackendAuthentication(parameters: [StartupPacket.Parameter], decision: Decision) {
         guard let target else { return }
@@ -353,7 +353,7 @@ final class ClientSession: ChannelInboundHandler {
     }
 
     /// Gives the client a key of the gateway's own for the backend's, so the backend's never leaves.
-    private func registerCancelKey(processID: Int32, secret: Int32) {
+    func registerCancelKey(processID: Int32, secret: Int32) {
         backendProcessID = processID
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
@@ -365,42 +365,13 @@ final class ClientSession: ChannelInboundHandler {
         send(.backendKeyData(processID: key.processID, secretKey: key.secret), flush: false)
     }
 
-    /// Starts the session on an idle pooled connection: the client sees what a fresh backend
-    /// would have sent (its parameters, a key of its own, ReadyForQuery).
-    private func resume(_ pooled: PooledBackend, decision: Decision) {
-        pooled.adopt(by: self)
-        backend = pooled.channel
-        relay = pooled.relay
-        backendIdentity = pooled.identity
-        backendReused = true
-        openDecision = decision
-        send(.authentication(.ok), flush: false)
-        for status in pooled.identity.parameterStatus { writeToClient(status.frame) }
-        registerCancelKey(processID: pooled.identity.processID, secret: pooled.identity.secret)
-        var ready = context.channel.allocator.buffer(capacity: 6)
-        BackendMessage.readyForQuery(.idle).encode(into: &ready)
-        var body = ready
-        body.moveReaderIndex(forwardBy: 5)
-        sessionReady(readyFrame: PostgresFrame(type: UInt8(ascii: "Z"), body: body, raw: ready))
-    }
-
-    /// Hands the backend to the pool when the session ends at rest (no statement outstanding, no
-    /// transaction open); nil when it must be closed instead.
-    func releaseBackend() -> PooledBackend? {
-        guard let settings = target?.pool, let backend, let identity = backendIdentity, identity.processID != 0, opened,
-            tracker.isIdle, tracker.transactionStatus == .idle, held == nil, queued.isEmpty, pausedFrames == nil, !abortedBlock
-        else { return nil }
-        self.backend = nil
-        return PooledBackend(channel: backend, relay: relay, identity: identity, pools: gateway.pools, settings: settings, logger: gateway.logger)
-    }
-
     private func backendRefused(_ detail: String) {
         logger.warning("backend authentication failed", metadata: ["error": "\(detail)"])
         refuse(sqlstate: "08001", message: "the backend of connection \"\(target?.connection.name ?? client.database)\" refused the gateway")
     }
 
     /// The backend is ready: record the session's opening (write-ahead), then let the client in.
-    private func sessionReady(readyFrame: PostgresFrame) {
+    func sessionReady(readyFrame: PostgresFrame) {
         guard let identity, let target, let decision = openDecision else { return }
         startupTimer?.cancel()
         phase = .proxying
