@@ -18,7 +18,8 @@ import time
 import psycopg
 import pytest
 
-from custos_e2e import read_events, verify_chain, wait_until
+from custos_e2e import WireClient, errors_in, read_events, verify_chain, wait_until
+from test_prepared_names import bind, execute, parse
 
 
 def pooled(size: int = 2, idle_timeout: str = "60s") -> dict:
@@ -113,6 +114,33 @@ def test_released_backend_is_reused_with_its_state_reset(start_gateway, mint, di
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Stopping the gateway ends its pooled connections.
     wait_until(lambda: not backends(direct, app), 10, what="pooled backends closed at shutdown")
+
+
+def test_extended_exchange_left_open_is_ended_before_reuse(start_gateway, mint, direct, app):
+    """A client that ends after Parse/Bind/Execute and a Flush, without Sync, leaves the backend
+    inside an implicit transaction: the reset's Sync ends it, so the next session starts clean."""
+    gw = start_gateway(pooled())
+    token = mint()
+    with WireClient(gw.port) as wire:
+        assert not errors_in(wire.login(token, app=app))
+        for type_, body in (parse("left_open", "SELECT pg_backend_pid()"), bind("", "left_open"), execute(), (b"H", b"")):
+            wire.send(type_, body)
+        answers = wire.recv_until([b"C"])
+        assert [t for t, _ in answers] == [b"1", b"2", b"D", b"C"], answers
+        pid = int(answers[2][1][6:].decode())  # DataRow: 1 column, its length, the text
+        wire.send(b"X")
+    wait_pooled(direct, app, pid)
+    for _ in range(6):
+        with psycopg.connect(gw.dsn(token, app=app), autocommit=True) as conn:
+            if conn.execute("SELECT pg_backend_pid()").fetchone()[0] != pid:
+                continue
+            assert conn.execute("SELECT now() = statement_timestamp()").fetchone() == (True,), "still in the old transaction"
+            with pytest.raises(psycopg.Error) as gone:
+                conn.execute("EXECUTE left_open")
+            assert gone.value.sqlstate == "26000"
+            break
+    else:
+        pytest.fail("the pooled backend was never reused")
 
 
 def test_pool_key_size_and_what_is_not_pooled(start_gateway, mint, direct, app):
