@@ -53,7 +53,7 @@ struct ConfigTests {
 
     @Test("YAML that Yams's own loader traps on is a configuration error (found by scripts/fuzz)")
     func hostileYAML() {
-        for yaml in ["? [1, 2]\n: x\n", "listen: {? {a: 1} : 2}\n", String(repeating: "[", count: 500), "a: &x 1\nb: *x\n"] {
+        for yaml in ["? [1, 2]\n: x\n", "listen: {? {a: 1} : 2}\n", String(repeating: "[", count: 500), "a: &x 1\nb: *x\n", "a: 999999999999999999:59\n"] {
             #expect(throws: ConfigError.self) { try CustosConfig.parse(yaml: yaml, baseDirectory: "/") }
         }
     }
@@ -74,6 +74,7 @@ struct ConfigTests {
         "bad values are refused, naming the key",
         arguments: [
             ("port: 6432", "port: 70000", "listen.port"),
+            ("port: 6432", "port: 999999999999999999:59", "listen.port"),
             ("password_file: secrets/pw", "password: hunter2", "connections.appdb.password"),
             ("password_file: secrets/pw", "user2: x\n    password_file: secrets/pw", "connections.appdb.user2"),
             ("issuer: http://127.0.0.1:9000", "issuer: http://idp.example.com", "identity.issuers[0].issuer"),

@@ -3,7 +3,10 @@ import Yams
 
 /// YAML text as plain values (String, Int, Double, Bool, NSNull, arrays, string-keyed
 /// dictionaries), built from Yams's node tree. Yams's own `load` traps on a mapping key that is
-/// not a string (found by scripts/fuzz, fuzz/crashes/config); here such a document is an error.
+/// not a string, and its integer constructor on a base-60 integer too large for `Int`
+/// (`999999999999999999:59`); both found by scripts/fuzz (fuzz/crashes/config). Here the first is
+/// an error and the second a string (no setting is written in base 60), which the setting's
+/// reader then refuses by name.
 enum YAMLDocument {
     struct Invalid: Error, CustomStringConvertible {
         var description: String
@@ -24,7 +27,7 @@ enum YAMLDocument {
             switch Resolver.default.resolveTag(of: node) {
             case .null: return NSNull()
             case .bool: return Bool.construct(from: scalar) ?? scalar.string
-            case .int: return Int.construct(from: scalar) ?? scalar.string
+            case .int: return scalar.string.contains(":") ? scalar.string : Int.construct(from: scalar) ?? scalar.string
             case .float: return Double.construct(from: scalar) ?? scalar.string
             default: return scalar.string
             }
