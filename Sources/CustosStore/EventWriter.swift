@@ -238,7 +238,12 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             // The chain head stays at the last committed event, so the chain has no gap.
             logger.error("event store write failed", metadata: ["error": "\(error)", "events": "\(batch.count)"])
             result = .failure(RecorderError(reason: "store write failed"))
-            let kept = batch.filter { $0.1 == nil }
+            var kept = batch.filter { $0.1 == nil }
+            if kept.count > queueLimit {
+                // A store broken for long must not take the gateway's memory with it: the oldest are kept.
+                logger.critical("events not recorded: too many waiting for the store", metadata: ["events": "\(kept.count - queueLimit)"])
+                kept.removeLast(kept.count - queueLimit)
+            }
             if final, !kept.isEmpty {
                 let kinds = Set(kept.map(\.0.kind.rawValue)).sorted().joined(separator: ",")
                 logger.critical("events not recorded: the store failed as the recorder stopped", metadata: ["events": "\(kept.count)", "kinds": "\(kinds)"])
