@@ -153,9 +153,16 @@ def test_pool_key_size_and_what_is_not_pooled(start_gateway, mint, direct, app):
         busy_pid = in_tx.execute("SELECT pg_backend_pid()").fetchone()[0]
     wait_until(lambda: busy_pid not in backends(direct, app), 10, what="the backend left in a transaction closed")
 
-    with psycopg.connect(gw.dsn(token, app=app), autocommit=True) as first:
-        pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+    # A client that just goes away (no Terminate) at rest: its backend is pooled too.
+    with WireClient(gw.port) as wire:
+        assert not errors_in(wire.login(token, app=app))
+        wire.query("SELECT pg_backend_pid()")
+        answers = wire.recv_until([b"Z"])
+        pid = int([body for t, body in answers if t == b"D"][0][6:].decode())
+        address = wire.local_address
     wait_pooled(direct, app, pid)
+    gone = gw.session_by_client(address)
+    assert (gone["outcome"], gone["reason"]) == ("error", "client disconnected"), gone  # recorded as before
     # Other startup parameters (here application_name) do not share it.
     with psycopg.connect(gw.dsn(token, app=other), autocommit=True) as stranger:
         assert stranger.execute("SELECT pg_backend_pid()").fetchone()[0] != pid

@@ -159,7 +159,10 @@ final class ClientSession: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if case .closed = phase { return }
+        // A client gone without Terminate, but at rest, leaves a clean backend as well.
+        let pooled = releaseBackend()
         finish(outcome: "error", reason: "client disconnected", sqlstate: nil)
+        pooled?.reset()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
