@@ -73,13 +73,22 @@ struct ConfigReader {
         return flag
     }
 
+    /// The longest duration a setting takes (100 years): every duration becomes a clock's
+    /// nanoseconds (Int64) somewhere, and `1e300s` or `infs` must be an error, not a trap (found by
+    /// scripts/fuzz config).
+    static let maxDuration: TimeInterval = 36_500 * 86_400
+
     /// A duration such as `30s`, `500ms`, `5m`, `2h`, `7d`, or a number of seconds.
     mutating func duration(_ name: String, default fallback: TimeInterval) throws(ConfigError) -> TimeInterval {
         guard let value = raw(name) else { return fallback }
-        if let seconds = value as? Int, seconds >= 0 { return TimeInterval(seconds) }
-        guard let text = value as? String, let seconds = Self.parseDuration(text) else {
-            throw ConfigError(key: key(name), problem: "expected a duration such as 30s, 500ms, 5m")
+        let seconds: TimeInterval?
+        if let whole = value as? Int {
+            seconds = whole >= 0 ? TimeInterval(whole) : nil
+        } else {
+            seconds = (value as? String).flatMap(Self.parseDuration)
         }
+        guard let seconds else { throw ConfigError(key: key(name), problem: "expected a duration such as 30s, 500ms, 5m") }
+        guard seconds.isFinite, seconds <= Self.maxDuration else { throw ConfigError(key: key(name), problem: "must be at most 36500d") }
         return seconds
     }
 

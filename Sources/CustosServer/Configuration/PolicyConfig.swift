@@ -170,7 +170,7 @@ enum PolicyConfig {
             limits.statementTimeout = .milliseconds(Int64(seconds * 1000))
         }
         if let rate = reader.raw("rate") {
-            guard let number = (rate as? Double) ?? (rate as? Int).map(Double.init), number > 0 else {
+            guard let number = (rate as? Double) ?? (rate as? Int).map(Double.init), number > 0, number.isFinite else {
                 throw ConfigError(key: reader.key("rate"), problem: "expected a positive number of statements per second")
             }
             limits.ratePerSecond = number
