@@ -11,7 +11,9 @@ import Logging
 ///
 /// A failed commit fails the events someone waits for (their statements are refused), but keeps
 /// the others: they record what already happened (a result, a session's end), so they are tried
-/// again with the next commit, or after `retryDelay`, until the store takes them.
+/// again before the next commit, or after `retryDelay`, until the store takes them. They are
+/// tried in a transaction of their own, so that were one of them refused for good, the events
+/// after them are still recorded.
 ///
 /// It owns the writer's chain head, so sequence numbers and previous hashes follow commit order.
 /// A session never blocks on it: `append` only queues. With a signer it also signs the head
@@ -147,19 +149,21 @@ public final class EventWriter: Recorder, @unchecked Sendable {
                 if Date() >= due || queue.count >= 1024 { break }
                 _ = condition.wait(until: due)
             }
-            let batch = retained + queue
+            let again = retained
+            let batch = queue
             let finalAttempt = stopping
             retained.removeAll()
             retryAt = nil
             queue.removeAll(keepingCapacity: true)
             prompt = 0
             lazySince = nil
-            let done = stopping && batch.isEmpty
+            let done = stopping && batch.isEmpty && again.isEmpty
             let signNow = checkpointRequested || done
             let indexNow = indexRequested || done
             checkpointRequested = false
             indexRequested = false
             condition.unlock()
+            if !again.isEmpty { commit(again, sign: false, final: finalAttempt) }
             if !batch.isEmpty { commit(batch, sign: signNow, final: finalAttempt) } else if signNow { signHead() }
             if indexNow { index(all: done) }
             if done { break }
@@ -238,18 +242,18 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             // The chain head stays at the last committed event, so the chain has no gap.
             logger.error("event store write failed", metadata: ["error": "\(error)", "events": "\(batch.count)"])
             result = .failure(RecorderError(reason: "store write failed"))
-            var kept = batch.filter { $0.1 == nil }
-            if kept.count > queueLimit {
-                // A store broken for long must not take the gateway's memory with it: the oldest are kept.
-                logger.critical("events not recorded: too many waiting for the store", metadata: ["events": "\(kept.count - queueLimit)"])
-                kept.removeLast(kept.count - queueLimit)
-            }
+            let kept = batch.filter { $0.1 == nil }
             if final, !kept.isEmpty {
                 let kinds = Set(kept.map(\.0.kind.rawValue)).sorted().joined(separator: ",")
                 logger.critical("events not recorded: the store failed as the recorder stopped", metadata: ["events": "\(kept.count)", "kinds": "\(kinds)"])
             } else if !kept.isEmpty {
                 condition.lock()
-                retained = kept
+                retained += kept
+                if retained.count > queueLimit {
+                    // A store broken for long must not take the gateway's memory with it: the oldest are kept.
+                    logger.critical("events not recorded: too many waiting for the store", metadata: ["events": "\(retained.count - queueLimit)"])
+                    retained.removeLast(retained.count - queueLimit)
+                }
                 retryAt = Date().addingTimeInterval(retryDelay)
                 condition.unlock()
             }

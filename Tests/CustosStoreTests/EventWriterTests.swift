@@ -133,6 +133,26 @@ struct EventWriterTests {
         #expect(stored.allSatisfy(EventChain.isSelfConsistent))
     }
 
+    @Test("a kept event the store refuses again and again does not hold up the events after it")
+    func refusedLazyEventDoesNotBlock() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", lazyWindow: 0.01, retryDelay: 0.05, logger: Logger(label: "test"))
+        let drafts = Self.session(SessionEvents())
+        try await append(writer, drafts[0])
+        try await store.database.write { db in
+            try db.execute(sql: "CREATE TRIGGER refuse_results BEFORE INSERT ON events WHEN NEW.kind = 'result' BEGIN SELECT RAISE(FAIL, 'no'); END")
+        }
+        writer.appendLater(drafts[2])
+        try await Task.sleep(for: .milliseconds(100))
+        try await append(writer, drafts[1])  // committed although the result before it is still refused
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "statement"])
+        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse_results") }
+        let deadline = Date().addingTimeInterval(5)
+        while try store.events(writerID: "w").count < 3, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        writer.stop()
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "statement", "result"])
+    }
+
     @Test("appends after stop fail instead of vanishing")
     func appendAfterStop() async throws {
         let writer = try EventWriter(store: try EventStore(path: path), writerID: "w", logger: Logger(label: "test"))
