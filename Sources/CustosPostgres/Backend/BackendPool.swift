@@ -7,7 +7,7 @@ import NIOCore
 /// session with the same startup parameters takes it. Lives on its channel's event loop.
 final class PooledBackend: BackendDelegate {
     /// What a session needs to present the connection as its own.
-    struct Identity {
+    struct Startup {
         /// The pool it belongs to: the connection target and the startup parameters it was opened with.
         var key: BackendPools.Key
         var processID: Int32
@@ -25,7 +25,7 @@ final class PooledBackend: BackendDelegate {
 
     let channel: any Channel
     let relay: BackendRelay
-    private(set) var identity: Identity
+    private(set) var startup: Startup
     private let pools: BackendPools
     private let settings: PostgresTarget.PoolSettings
     private let logger: Logger
@@ -34,10 +34,10 @@ final class PooledBackend: BackendDelegate {
     /// the relay's weak delegate refers to it.
     private var timer: Scheduled<Void>?
 
-    init(channel: any Channel, relay: BackendRelay, identity: Identity, pools: BackendPools, settings: PostgresTarget.PoolSettings, logger: Logger) {
+    init(channel: any Channel, relay: BackendRelay, startup: Startup, pools: BackendPools, settings: PostgresTarget.PoolSettings, logger: Logger) {
         self.channel = channel
         self.relay = relay
-        self.identity = identity
+        self.startup = startup
         self.pools = pools
         self.settings = settings
         self.logger = logger
@@ -93,10 +93,10 @@ final class PooledBackend: BackendDelegate {
         let message = try? BackendMessage.decode(frame)
         switch (state, message) {
         case (_, .parameterStatus(let name, _)?):
-            if let index = identity.parameterStatus.firstIndex(where: { $0.name == name }) {
-                identity.parameterStatus[index].frame = frame.raw
+            if let index = startup.parameterStatus.firstIndex(where: { $0.name == name }) {
+                startup.parameterStatus[index].frame = frame.raw
             } else {
-                identity.parameterStatus.append((name, frame.raw))
+                startup.parameterStatus.append((name, frame.raw))
             }
         case (_, .noticeResponse?), (_, .notification?), (.resetting, .commandComplete?):
             break
@@ -176,7 +176,7 @@ final class BackendPools: Sendable {
 
     /// Keeps `backend` unless its target already has `settings.size` idle connections.
     func put(_ backend: PooledBackend, settings: PostgresTarget.PoolSettings) -> Bool {
-        let key = backend.identity.key
+        let key = backend.startup.key
         let entry = Entry(id: ObjectIdentifier(backend), backend: NIOLoopBound(backend, eventLoop: backend.channel.eventLoop))
         let slot = Slot(loop: ObjectIdentifier(backend.channel.eventLoop), key: key)
         return state.withLockedValue { state in
@@ -189,7 +189,7 @@ final class BackendPools: Sendable {
 
     /// Forgets an idle connection (closed, timed out).
     func remove(_ backend: PooledBackend) {
-        let slot = Slot(loop: ObjectIdentifier(backend.channel.eventLoop), key: backend.identity.key)
+        let slot = Slot(loop: ObjectIdentifier(backend.channel.eventLoop), key: backend.startup.key)
         state.withLockedValue { state in
             guard let index = state.idle[slot]?.firstIndex(where: { $0.id == ObjectIdentifier(backend) }) else { return }
             state.idle[slot]!.remove(at: index)

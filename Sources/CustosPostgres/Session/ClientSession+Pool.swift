@@ -10,12 +10,12 @@ extension ClientSession {
         pooled.adopt(by: self)
         backend = pooled.channel
         relay = pooled.relay
-        backendIdentity = pooled.identity
+        backendStartup = pooled.startup
         backendReused = true
         openDecision = decision
         send(.authentication(.ok), flush: false)
-        for status in pooled.identity.parameterStatus { writeToClient(status.frame) }
-        registerCancelKey(processID: pooled.identity.processID, secret: pooled.identity.secret)
+        for status in pooled.startup.parameterStatus { writeToClient(status.frame) }
+        registerCancelKey(processID: pooled.startup.processID, secret: pooled.startup.secret)
         var ready = context.channel.allocator.buffer(capacity: 6)
         BackendMessage.readyForQuery(.idle).encode(into: &ready)
         var body = ready
@@ -26,10 +26,10 @@ extension ClientSession {
     /// Hands the backend to the pool when the session ends at rest (no statement outstanding, no
     /// transaction open); nil when it must be closed instead.
     func releaseBackend() -> PooledBackend? {
-        guard let settings = target?.pool, let backend, let identity = backendIdentity, identity.processID != 0, opened,
+        guard let settings = target?.pool, let backend, let startup = backendStartup, startup.processID != 0, opened,
             tracker.isIdle, tracker.transactionStatus == .idle, held == nil, queued.isEmpty, pausedFrames == nil, !abortedBlock
         else { return nil }
         self.backend = nil
-        return PooledBackend(channel: backend, relay: relay, identity: identity, pools: gateway.pools, settings: settings, logger: gateway.logger)
+        return PooledBackend(channel: backend, relay: relay, startup: startup, pools: gateway.pools, settings: settings, logger: gateway.logger)
     }
 }

@@ -38,7 +38,7 @@ final class ClientSession: ChannelInboundHandler {
     /// Replaced by the pooled connection's own relay when the session reuses one.
     var relay = BackendRelay()
     /// The backend as a pool sees it (key, process, reported parameters), when its target pools.
-    var backendIdentity: PooledBackend.Identity?
+    var backendStartup: PooledBackend.Startup?
     var backendReused = false
     /// The backend's process id (for the record), once it has said it.
     var backendProcessID: Int32?
@@ -268,7 +268,7 @@ final class ClientSession: ChannelInboundHandler {
             if let pooled = gateway.pools.take(key, on: context.eventLoop) {
                 return resume(on: pooled, decision: decision)
             }
-            backendIdentity = PooledBackend.Identity(key: key, processID: 0, secret: 0, parameterStatus: [])
+            backendStartup = PooledBackend.Startup(key: key, processID: 0, secret: 0, parameterStatus: [])
         }
         phase = .connectingBackend
         relay.delegate = self
@@ -337,15 +337,15 @@ final class ClientSession: ChannelInboundHandler {
             guard let message = try? BackendMessage.decode(frame) else { return backendRefused("unreadable backend message") }
             switch message {
             case .backendKeyData(let processID, let secretKey):
-                backendIdentity?.processID = processID
-                backendIdentity?.secret = secretKey
+                backendStartup?.processID = processID
+                backendStartup?.secret = secretKey
                 registerCancelKey(processID: processID, secret: secretKey)
             case .readyForQuery:
                 sessionReady(readyFrame: frame)
             case .errorResponse(let fields):
                 backendRefused("backend refused the session: \(fields.sqlstate ?? "?") \(fields.message ?? "")")
             case .parameterStatus(let name, _):
-                backendIdentity?.parameterStatus.append((name, frame.raw))
+                backendStartup?.parameterStatus.append((name, frame.raw))
                 writeToClient(frame.raw)
             default:
                 writeToClient(frame.raw)
