@@ -83,6 +83,8 @@ public final class Gateway: Service {
         let anchorPath = config.keys.signingFile + ".head"
         do {
             writerID = try store.writerID(preferred: config.recording.writerID)
+            // What a crash left in the write-ahead journal, before the chain is checked.
+            try EventWriter.recoverJournal(store: store, logger: logger)
             let anchor = ChainAnchor.read(path: anchorPath, writerID: writerID, publicKey: signer.publicKey)
             switch try store.resumeCheck(writerID: writerID, trustedKey: signer.publicKey, anchor: anchor, retention: config.recording.retention) {
             case .success(let found): resume = found
@@ -201,7 +203,8 @@ public final class Gateway: Service {
             let recorded: Result<Void, RecorderError> = await withCheckedContinuation { continuation in
                 writer.append(draft) { continuation.resume(returning: $0) }
             }
-            guard case .success = recorded else {
+            // The store must hold the event before any payload goes: verification reads it there.
+            guard case .success = recorded, writer.waitUntilLoaded() else {
                 return logger.error("retention skipped: its event could not be recorded")
             }
             let removed = try store.prune(writerID: writer.writerID, before: before, throughSeq: head)

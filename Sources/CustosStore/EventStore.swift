@@ -169,11 +169,11 @@ public final class EventStore: Sendable {
         }
     }
 
-    /// Inserts sealed events and their index updates, and the checkpoint signing their head when
-    /// there is one, in one transaction.
-    func insert(_ batch: [(Event, SessionIndexUpdate?, Approval?)], checkpoint: Checkpoint? = nil) throws {
+    /// Inserts sealed events and their index updates, and the checkpoints signing heads among
+    /// them, in one transaction.
+    func insert(_ batch: [(Event, SessionIndexUpdate?, Approval?)], checkpoints: [Checkpoint] = []) throws {
         try database.write { db in
-            if let checkpoint { try Self.insert(checkpoint, db) }
+            for checkpoint in checkpoints { try Self.insert(checkpoint, db) }
             let insertEvent = try db.cachedStatement(
                 sql: "INSERT INTO events (writer_id, seq, at, session_id, kind, payload, payload_hash, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)")
             for (event, index, approval) in batch {

@@ -2,70 +2,88 @@ import CustosCore
 import Foundation
 import Logging
 
-/// The group-commit writer: one thread that commits whatever is queued in one transaction,
-/// without waiting to fill a batch, then tells each session its event is durable.
+/// The recorder: it writes each event to the write-ahead journal (``EventJournal``) on the
+/// caller's thread, and loads the store from it on a thread of its own.
 ///
-/// Events nobody waits for (``appendLater``) do not start a commit of their own: they ride on the
-/// next prompt one, or are committed after `lazyWindow` at the latest. A commit costs far more
-/// than an insert, so this halves the commits of a statement (its result rides on the next).
+/// An event is recorded (and `append`'s completion runs, before `append` returns) once it is in
+/// the journal: one `pwrite` under a lock, with no hand-off to another thread, so a write-ahead
+/// statement waits microseconds rather than a database commit. The loader then inserts what was
+/// written into the SQLite store in one transaction per `loadWindow`, off every statement's path,
+/// signs checkpoints and feeds the search index; readers of the store see an event once it is
+/// loaded, normally within milliseconds (``waitUntilLoaded(timeout:)`` waits for it).
 ///
-/// A failed commit fails the events someone waits for (their statements are refused), but keeps
-/// the others: they record what already happened (a result, a session's end), so they are tried
-/// again before the next commit, or after `retryDelay`, until the store takes them. They are
-/// tried in a transaction of their own, so that were one of them refused for good, the events
-/// after them are still recorded.
+/// Events nobody waits for (``appendLater``) are written with the next prompt event, or after
+/// `lazyWindow` at the latest. A failed journal write fails the prompt event (its statement is
+/// refused) and keeps the lazy ones, which record what already happened: they are tried again
+/// with the next write, or after `retryDelay`. A failed load keeps the events for the next attempt
+/// (after `retryDelay`): they are already safe in the journal. While more than `queueLimit` events
+/// wait to be loaded, prompt events fail ("recording queue full"), so a store that cannot keep up
+/// slows the gateway rather than its memory growing without bound.
 ///
-/// It owns the writer's chain head, so sequence numbers and previous hashes follow commit order.
-/// A session never blocks on it: `append` only queues. With a signer it also signs the head
-/// (a ``Checkpoint``) every `checkpointEvery` events, when asked, and when it stops.
+/// It owns the writer's chain head, so sequence numbers and previous hashes follow journal order.
+/// With a signer it also signs the loaded head (a ``Checkpoint``) every `checkpointEvery` events,
+/// when asked, and when it stops.
 public final class EventWriter: Recorder, @unchecked Sendable {
-    // @unchecked: all mutable state is guarded by `condition`, or touched only by the writer thread.
+    // @unchecked: all mutable state is guarded by `condition`, or touched only by the loader thread.
     private let store: EventStore
     private let logger: Logger
     private let condition = NSCondition()
-    private typealias Completion = @Sendable (Result<Void, RecorderError>) -> Void
-    private var queue: [(EventDraft, Completion?)] = []
-    /// Queued events someone waits for; while there are none, the writer may linger.
-    private var prompt = 0
-    /// When the oldest queued lazy event arrived.
+    private let journal: EventJournal
+    /// The chain head as written to the journal.
+    private var seq: Int64
+    private var lastHash: String
+    /// Lazy drafts not written yet, oldest first; `lazySince` is when the oldest arrived.
+    private var lazy: [(EventDraft, EventChain.Prepared)] = []
     private var lazySince: Date?
     private let lazyWindow: TimeInterval
+    /// Written to the journal, not yet in the store, in seq order; and when the oldest was written.
+    private var unloaded: [JournalRecord] = []
+    private var unloadedSince: Date?
+    private let loadWindow: TimeInterval
+    /// The last seq the store holds.
+    private var loadedSeq: Int64
+    /// After a failed load or lazy write: when to try again.
+    private var retryAt: Date?
+    private let retryDelay: TimeInterval
     private var stopping = false
     private var stopped = false
     private var checkpointRequested = false
     private var indexRequested = false
     private let queueLimit: Int
-    /// Events the search index takes in one go between commits.
+    /// Reused for each journal write.
+    private var buffer: [UInt8] = []
+    /// Events the search index takes in one go between loads.
     static let indexSlice = 2000
+    /// A journal file is continued in a new one past this size, and removed once loaded.
+    static let journalFileBytes: Int64 = 16 << 20
     private var thread: Thread?
-    // Writer-thread state (read under `condition` by the wait loop): lazy events whose commit
-    // failed, oldest first, and when to try them again without a prompt commit.
-    private var retained: [(EventDraft, Completion?)] = []
-    private var retryAt: Date?
-    private let retryDelay: TimeInterval
 
     /// The writer id whose chain this writer extends.
     public let writerID: String
-    // Writer-thread state.
-    private var seq: Int64
-    private var lastHash: String
+    // Loader-thread state: the head the store holds.
+    private var loadedHeadSeq: Int64
+    private var loadedHash: String
     private let signer: CheckpointSigner?
     private let checkpointEvery: Int64
     /// Told of each checkpoint once it is committed (to keep an anchor outside the store).
     private let onCheckpoint: @Sendable (Checkpoint) -> Void
     private var signedSeq: Int64
 
-    /// Starts a writer on `store`, continuing `writerID`'s chain where it ends.
+    /// Starts a writer on `store`, continuing `writerID`'s chain where it ends (first loading what
+    /// a crash left in the journal).
     public init(
-        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, retryDelay: TimeInterval = 1, signer: CheckpointSigner? = nil,
-        checkpointEvery: Int = 1000, onCheckpoint: @escaping @Sendable (Checkpoint) -> Void = { _ in }, logger: Logger
+        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, loadWindow: TimeInterval = 0.002,
+        retryDelay: TimeInterval = 1, signer: CheckpointSigner? = nil, checkpointEvery: Int = 1000,
+        onCheckpoint: @escaping @Sendable (Checkpoint) -> Void = { _ in }, logger: Logger
     ) throws {
+        try Self.recoverJournal(store: store, logger: logger)
         self.store = store
         self.signer = signer
         self.onCheckpoint = onCheckpoint
         self.checkpointEvery = Int64(max(1, checkpointEvery))
         self.signedSeq = try store.checkpoints(writerID: writerID).last?.seq ?? 0
         self.lazyWindow = lazyWindow
+        self.loadWindow = loadWindow
         self.retryDelay = retryDelay
         self.writerID = writerID
         self.queueLimit = queueLimit
@@ -73,49 +91,121 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         let head = try store.head(writerID: writerID)
         self.seq = head?.seq ?? 0
         self.lastHash = head?.hash ?? EventChain.genesis
+        self.loadedSeq = seq
+        self.loadedHeadSeq = seq
+        self.loadedHash = lastHash
+        self.journal = try EventJournal(storePath: store.path)
         // The thread keeps the writer alive until `stop()`: a writer dropped without stopping (a
         // gateway whose set-up failed later) must not leave its thread reading freed memory.
         let thread = Thread { [self] in self.run() }
-        thread.name = "custos-event-writer"
+        thread.name = "custos-event-loader"
         self.thread = thread
         thread.start()
     }
 
+    /// Loads into `store` what the journal holds beyond it: the events a crash left unloaded.
+    /// Returns how many. (``init`` does it too; the gateway does it first, so that the chain it
+    /// checks at start is whole.)
+    @discardableResult
+    public static func recoverJournal(store: EventStore, logger: Logger) throws -> Int {
+        let count = try EventJournal.recover(store: store) { logger.warning("write-ahead journal damaged", metadata: ["problem": "\($0)"]) }
+        if count > 0 { logger.warning("events a crash left in the write-ahead journal are now in the store", metadata: ["events": "\(count)"]) }
+        return count
+    }
+
     public func append(_ draft: EventDraft, completion: @escaping @Sendable (Result<Void, RecorderError>) -> Void) {
+        let prepared = EventChain.prepare(draft)
         condition.lock()
+        let result: Result<Void, RecorderError>
         if stopping {
-            condition.unlock()
-            return completion(.failure(RecorderError(reason: "recorder stopped")))
+            result = .failure(RecorderError(reason: "recorder stopped"))
+        } else if unloaded.count >= queueLimit {
+            result = .failure(RecorderError(reason: "recording queue full"))
+        } else {
+            result = write(prompt: (draft, prepared))
         }
-        if queue.count >= queueLimit {
-            condition.unlock()
-            return completion(.failure(RecorderError(reason: "recording queue full")))
-        }
-        queue.append((draft, completion))
-        prompt += 1
-        condition.signal()
         condition.unlock()
+        completion(result)
     }
 
     public func appendLater(_ draft: EventDraft) {
+        let prepared = EventChain.prepare(draft)
         condition.lock()
         defer { condition.unlock() }
-        if stopping || queue.count >= queueLimit {
+        if stopping || lazy.count >= queueLimit {
             logger.error("event dropped", metadata: ["reason": "\(stopping ? "recorder stopped" : "recording queue full")", "kind": "\(draft.kind.rawValue)"])
             return
         }
-        queue.append((draft, nil))
+        lazy.append((draft, prepared))
         if lazySince == nil {
             lazySince = Date()
-            condition.signal()  // so the writer arms its timer
+            condition.broadcast()  // so the loader arms its timer
         }
+    }
+
+    /// Writes the lazy drafts waiting, then `prompt`, to the journal in one write. Holds `condition`.
+    private func write(prompt: (EventDraft, EventChain.Prepared)?) -> Result<Void, RecorderError> {
+        var seq = self.seq
+        var hash = lastHash
+        var records: [JournalRecord] = []
+        records.reserveCapacity(lazy.count + 1)
+        buffer.removeAll(keepingCapacity: true)
+        func add(_ draft: EventDraft, _ prepared: EventChain.Prepared) {
+            seq += 1
+            let event = EventChain.seal(draft, prepared: prepared, writerID: writerID, seq: seq, prevHash: hash)
+            hash = event.hash
+            let record = JournalRecord(event: event, index: draft.index, approval: draft.approval)
+            EventJournal.encode(record, into: &buffer)
+            records.append(record)
+        }
+        for (draft, prepared) in lazy { add(draft, prepared) }
+        if let (draft, prepared) = prompt { add(draft, prepared) }
+        do {
+            try journal.write(buffer)
+        } catch {
+            // The chain head stays at the last written event, so the chain has no gap.
+            logger.error("event journal write failed", metadata: ["error": "\(error)", "events": "\(records.count)"])
+            return .failure(RecorderError(reason: "store write failed"))
+        }
+        self.seq = seq
+        lastHash = hash
+        lazy.removeAll(keepingCapacity: true)
+        lazySince = nil
+        if unloaded.isEmpty {
+            unloadedSince = Date()
+            condition.broadcast()  // the loader
+        }
+        unloaded += records
+        return .success(())
+    }
+
+    /// Makes journal writes fail with `code` (an errno), as a full disk does; nil ends it. For tests.
+    func failJournalWrites(_ code: Int32?) {
+        condition.lock()
+        journal.failWrites = code
+        condition.unlock()
+    }
+
+    /// Waits until the store holds every event recorded so far (for readers that must see their
+    /// own writes, and tests); false on timeout or when loading fails.
+    @discardableResult
+    public func waitUntilLoaded(timeout: TimeInterval = 5) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        if !lazy.isEmpty, !stopping { _ = write(prompt: nil) }
+        let target = seq
+        while loadedSeq < target, !stopped {
+            if !condition.wait(until: deadline) { return loadedSeq >= target }
+        }
+        return loadedSeq >= target
     }
 
     /// Asks for the search index to catch up with what is committed, between commits.
     public func requestIndexing() {
         condition.lock()
         indexRequested = true
-        condition.signal()
+        condition.broadcast()
         condition.unlock()
     }
 
@@ -124,11 +214,11 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     public func requestCheckpoint() {
         condition.lock()
         checkpointRequested = true
-        condition.signal()
+        condition.broadcast()
         condition.unlock()
     }
 
-    /// Commits what is queued and signs the head, then stops the thread. Later appends fail.
+    /// Writes and loads what is left and signs the head, then stops the thread. Later appends fail.
     public func stop() {
         condition.lock()
         stopping = true
@@ -137,46 +227,87 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         condition.unlock()
     }
 
+    /// The loader: waits for written events (up to `loadWindow`, so that a busy gateway loads many
+    /// per transaction), writes lazy events that waited `lazyWindow`, and loads.
     private func run() {
+        condition.lock()
         while true {
-            condition.lock()
-            while !stopping && prompt == 0 && !checkpointRequested && !indexRequested {
-                let lazyDue = lazySince.map { $0.addingTimeInterval(lazyWindow) }
-                guard let due = [lazyDue, retryAt].compactMap({ $0 }).min() else {
+            while !stopping && !checkpointRequested && !indexRequested {
+                var due: [Date] = []
+                if let lazySince { due.append(lazySince.addingTimeInterval(lazyWindow)) }
+                if let unloadedSince { due.append(unloadedSince.addingTimeInterval(loadWindow)) }
+                guard let next = due.min().map({ max($0, retryAt ?? $0) }) else {
                     condition.wait()
                     continue
                 }
-                if Date() >= due || queue.count >= 1024 { break }
-                _ = condition.wait(until: due)
+                if Date() >= next { break }
+                _ = condition.wait(until: next)
             }
-            let again = retained
-            let batch = queue
-            let finalAttempt = stopping
-            retained.removeAll()
-            retryAt = nil
-            queue.removeAll(keepingCapacity: true)
-            prompt = 0
-            lazySince = nil
-            let done = stopping && batch.isEmpty && again.isEmpty
-            let signNow = checkpointRequested || done
-            let indexNow = indexRequested || done
+            let now = Date()
+            let final = stopping
+            let mayRetry = final || retryAt.map { now >= $0 } ?? true
+            if !lazy.isEmpty, mayRetry, final || lazySince.map({ now >= $0.addingTimeInterval(lazyWindow) }) ?? false {
+                if case .failure = write(prompt: nil) {
+                    retryAt = now.addingTimeInterval(retryDelay)
+                    if final {
+                        logger.critical("events not recorded: the journal failed as the recorder stopped", metadata: ["events": "\(lazy.count)"])
+                        lazy.removeAll()
+                    }
+                }
+            }
+            let batch = mayRetry ? unloaded : []
+            let sign = checkpointRequested || final
+            let indexNow = indexRequested || final
             checkpointRequested = false
             indexRequested = false
             condition.unlock()
-            if !again.isEmpty { commit(again, sign: false, final: finalAttempt) }
-            if !batch.isEmpty { commit(batch, sign: signNow, final: finalAttempt) } else if signNow { signHead() }
-            if indexNow { index(all: done) }
-            if done { break }
+
+            var loaded = false
+            if !batch.isEmpty { loaded = load(batch, sign: sign) } else if sign { signHead() }
+            if indexNow { index(all: final) }
+
+            condition.lock()
+            var remove: [String] = []
+            if loaded {
+                unloaded.removeFirst(batch.count)
+                unloadedSince = unloaded.isEmpty ? nil : Date()
+                loadedSeq = batch.last!.event.seq
+                retryAt = nil
+                remove = journal.removable(loadedSeq: loadedSeq)
+                if journal.offset >= Self.journalFileBytes {
+                    do {
+                        try journal.rotate(lastSeq: seq)
+                    } catch {
+                        logger.error("event journal not rotated", metadata: ["error": "\(error)"])
+                    }
+                    if unloaded.isEmpty { remove += journal.removable(loadedSeq: loadedSeq) }
+                }
+                condition.broadcast()  // waitUntilLoaded
+            } else if !batch.isEmpty {
+                retryAt = Date().addingTimeInterval(retryDelay)
+            }
+            if final {
+                if !unloaded.isEmpty {
+                    // Nothing is lost: the journal keeps them, and the next start loads them.
+                    logger.critical("events not loaded into the store as the recorder stopped; kept in the journal for the next start", metadata: ["events": "\(unloaded.count)", "journal": "\(journal.currentPath)"])
+                }
+                journal.close(remove: unloaded.isEmpty && lazy.isEmpty)
+                break
+            }
+            if !remove.isEmpty {
+                condition.unlock()
+                for path in remove { unlink(path) }
+                condition.lock()
+            }
         }
-        condition.lock()
         stopped = true
         condition.broadcast()
         condition.unlock()
     }
 
     /// Brings the search index up to date: everything when stopping, else one slice, small enough
-    /// that the commits waiting behind it are not held up for long; a backlog takes more slices,
-    /// between commits.
+    /// that the loads waiting behind it are not held up for long; a backlog takes more slices,
+    /// between loads.
     private func index(all: Bool) {
         do {
             if all {
@@ -193,9 +324,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
 
     /// Signs the committed head alone (when asked while nothing was queued, and at stop).
     private func signHead() {
-        guard let checkpoint = checkpoint(seq: seq, hash: lastHash, force: true) else { return }
+        guard let checkpoint = checkpoint(seq: loadedHeadSeq, hash: loadedHash, after: signedSeq, force: true) else { return }
         do {
-            try store.insert([], checkpoint: checkpoint)
+            try store.insert([], checkpoints: [checkpoint])
             signedSeq = checkpoint.seq
             onCheckpoint(checkpoint)
         } catch {
@@ -203,9 +334,10 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
     }
 
-    /// A checkpoint of the head at `seq` when one is due (or `force`d) and the head is unsigned.
-    private func checkpoint(seq: Int64, hash: String, force: Bool) -> Checkpoint? {
-        guard let signer, seq > signedSeq, force || seq - signedSeq >= checkpointEvery else { return nil }
+    /// A checkpoint of the head at `seq` when one is due after the one at `after` (or `force`d) and
+    /// the head is unsigned.
+    private func checkpoint(seq: Int64, hash: String, after: Int64, force: Bool) -> Checkpoint? {
+        guard let signer, seq > after, force || seq - after >= checkpointEvery else { return nil }
         do {
             return try signer.sign(writerID: writerID, seq: seq, hash: hash)
         } catch {
@@ -214,50 +346,29 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
     }
 
-    /// Commits `batch` in one transaction. On failure the waiting events fail and the others are
-    /// retained for the next attempt; on the `final` attempt (stopping) they are given up, loudly.
-    private func commit(_ batch: [(EventDraft, Completion?)], sign: Bool, final: Bool) {
-        var seq = self.seq
-        var lastHash = self.lastHash
-        var sealed: [(Event, SessionIndexUpdate?, Approval?)] = []
-        sealed.reserveCapacity(batch.count)
-        for (draft, _) in batch {
-            seq += 1
-            let event = EventChain.seal(draft, writerID: writerID, seq: seq, prevHash: lastHash)
-            lastHash = event.hash
-            sealed.append((event, draft.index, draft.approval))
+    /// Loads `batch` into the store in one transaction, with a checkpoint at each event where one
+    /// falls due (every `checkpointEvery`) and at the last when `sign`. Returns whether it did; on
+    /// failure the events stay in the journal and are retried.
+    private func load(_ batch: [JournalRecord], sign: Bool) -> Bool {
+        var checkpoints: [Checkpoint] = []
+        var signed = signedSeq
+        for (position, record) in batch.enumerated() {
+            let force = sign && position == batch.count - 1
+            if let checkpoint = checkpoint(seq: record.event.seq, hash: record.event.hash, after: signed, force: force) {
+                checkpoints.append(checkpoint)
+                signed = checkpoint.seq
+            }
         }
-        let result: Result<Void, RecorderError>
         do {
-            let checkpoint = checkpoint(seq: seq, hash: lastHash, force: sign)
-            try store.insert(sealed, checkpoint: checkpoint)
-            self.seq = seq
-            self.lastHash = lastHash
-            if let checkpoint {
-                signedSeq = checkpoint.seq
-                onCheckpoint(checkpoint)
-            }
-            result = .success(())
+            try store.insert(batch.map { ($0.event, $0.index, $0.approval) }, checkpoints: checkpoints)
         } catch {
-            // The chain head stays at the last committed event, so the chain has no gap.
-            logger.error("event store write failed", metadata: ["error": "\(error)", "events": "\(batch.count)"])
-            result = .failure(RecorderError(reason: "store write failed"))
-            let kept = batch.filter { $0.1 == nil }
-            if final, !kept.isEmpty {
-                let kinds = Set(kept.map(\.0.kind.rawValue)).sorted().joined(separator: ",")
-                logger.critical("events not recorded: the store failed as the recorder stopped", metadata: ["events": "\(kept.count)", "kinds": "\(kinds)"])
-            } else if !kept.isEmpty {
-                condition.lock()
-                retained += kept
-                if retained.count > queueLimit {
-                    // A store broken for long must not take the gateway's memory with it: the oldest are kept.
-                    logger.critical("events not recorded: too many waiting for the store", metadata: ["events": "\(retained.count - queueLimit)"])
-                    retained.removeLast(retained.count - queueLimit)
-                }
-                retryAt = Date().addingTimeInterval(retryDelay)
-                condition.unlock()
-            }
+            logger.error("event store write failed; the events are kept in the journal and loaded later", metadata: ["error": "\(error)", "events": "\(batch.count)"])
+            return false
         }
-        for (_, completion) in batch { completion?(result) }
+        loadedHeadSeq = batch.last!.event.seq
+        loadedHash = batch.last!.event.hash
+        signedSeq = signed
+        for checkpoint in checkpoints { onCheckpoint(checkpoint) }
+        return true
     }
 }

@@ -78,22 +78,35 @@ struct EventWriterTests {
         #expect(stored.map(\.kind) == ["session.open", "statement", "result", "session.close"])
     }
 
-    @Test("a failed write fails every event of the batch and leaves no gap in the chain")
+    @Test("a failed journal write fails the event and leaves no gap in the chain")
     func failureLeavesNoGap() async throws {
         let store = try EventStore(path: path)
         let writer = try EventWriter(store: store, writerID: "w", logger: Logger(label: "test"))
-        let events = SessionEvents()
-        let drafts = Self.session(events)
+        let drafts = Self.session(SessionEvents())
         try await append(writer, drafts[0])
-        try await store.database.write { db in try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'disk full'); END") }
+        writer.failJournalWrites(ENOSPC)
         await #expect(throws: RecorderError.self) { try await append(writer, drafts[1]) }
-        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
+        writer.failJournalWrites(nil)
         try await append(writer, drafts[1])
         writer.stop()
         #expect(try store.events(writerID: "w").map(\.seq) == [1, 2])
+        #expect(EventJournal.files(of: path).isEmpty, "a clean stop leaves no journal behind")
     }
 
-    @Test("lazy events keep their order and are committed with the next prompt commit, or soon after alone")
+    @Test("an event is recorded before the store has it, and the store has it once loaded")
+    func loadedAfterRecorded() async throws {
+        let store = try EventStore(path: path)
+        // A long load window: the store lags the journal visibly.
+        let writer = try EventWriter(store: store, writerID: "w", loadWindow: 0.3, logger: Logger(label: "test"))
+        let drafts = Self.session(SessionEvents())
+        try await append(writer, drafts[0])
+        #expect(try store.events(writerID: "w").isEmpty)
+        #expect(writer.waitUntilLoaded())
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open"])
+        writer.stop()
+    }
+
+    @Test("lazy events keep their order and are written with the next prompt event, or soon after alone")
     func lazyEvents() async throws {
         let store = try EventStore(path: path)
         let writer = try EventWriter(store: store, writerID: "w", lazyWindow: 0.05, logger: Logger(label: "test"))
@@ -101,6 +114,7 @@ struct EventWriterTests {
         try await append(writer, drafts[0])
         writer.appendLater(drafts[2])  // a result nobody waits for
         try await append(writer, drafts[1])
+        #expect(writer.waitUntilLoaded())
         #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "result", "statement"])
         writer.appendLater(drafts[3])
         let deadline = Date().addingTimeInterval(5)
@@ -109,19 +123,19 @@ struct EventWriterTests {
         writer.stop()
     }
 
-    @Test("a lazy event whose commit failed is kept and committed once the store takes writes again")
-    func lazyEventsSurviveAFailedCommit() async throws {
+    @Test("a lazy event whose write failed is kept and written once the journal takes writes again")
+    func lazyEventsSurviveAFailedWrite() async throws {
         let store = try EventStore(path: path)
         let writer = try EventWriter(store: store, writerID: "w", lazyWindow: 0.01, retryDelay: 0.05, logger: Logger(label: "test"))
         let drafts = Self.session(SessionEvents())
         try await append(writer, drafts[0])
-        try await store.database.write { db in try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'disk full'); END") }
+        writer.failJournalWrites(EROFS)
         writer.appendLater(drafts[2])  // a result: the statement ran, so it must not be lost
         await #expect(throws: RecorderError.self) { try await append(writer, drafts[1]) }
         try await Task.sleep(for: .milliseconds(200))  // several retries, all refused
         #expect(try store.events(writerID: "w").map(\.kind) == ["session.open"])
-        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
-        // Retried alone after retryDelay, before any prompt commit.
+        writer.failJournalWrites(nil)
+        // Retried alone after retryDelay, before any prompt event.
         let deadline = Date().addingTimeInterval(5)
         while try store.events(writerID: "w").count < 2, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
         writer.appendLater(drafts[3])
@@ -133,24 +147,58 @@ struct EventWriterTests {
         #expect(stored.allSatisfy(EventChain.isSelfConsistent))
     }
 
-    @Test("a kept event the store refuses again and again does not hold up the events after it")
-    func refusedLazyEventDoesNotBlock() async throws {
+    @Test("while the store refuses events, they are recorded in the journal and loaded once it takes them")
+    func storeRefusalDoesNotBlockRecording() async throws {
         let store = try EventStore(path: path)
         let writer = try EventWriter(store: store, writerID: "w", lazyWindow: 0.01, retryDelay: 0.05, logger: Logger(label: "test"))
         let drafts = Self.session(SessionEvents())
         try await append(writer, drafts[0])
+        #expect(writer.waitUntilLoaded())
         try await store.database.write { db in
             try db.execute(sql: "CREATE TRIGGER refuse_results BEFORE INSERT ON events WHEN NEW.kind = 'result' BEGIN SELECT RAISE(FAIL, 'no'); END")
         }
         writer.appendLater(drafts[2])
         try await Task.sleep(for: .milliseconds(100))
-        try await append(writer, drafts[1])  // committed although the result before it is still refused
-        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "statement"])
+        try await append(writer, drafts[1])  // recorded although the store still refuses the result before it
+        #expect(!writer.waitUntilLoaded(timeout: 0.2))
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open"], "the store keeps chain order")
         try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse_results") }
-        let deadline = Date().addingTimeInterval(5)
-        while try store.events(writerID: "w").count < 3, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(writer.waitUntilLoaded())
         writer.stop()
-        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "statement", "result"])
+        #expect(try store.events(writerID: "w").map(\.kind) == ["session.open", "result", "statement"])
+    }
+
+    @Test("events a crash left in the journal are loaded by the next writer; a torn last write is not")
+    func recoveryAfterCrash() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", logger: Logger(label: "test"))
+        // The store refuses everything, so the events exist only in the journal when the writer stops:
+        // as after kill -9 between the write and the load.
+        try await store.database.write { db in try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'no'); END") }
+        let events = SessionEvents()
+        for draft in Self.session(events) { try await append(writer, draft) }
+        writer.stop()
+        #expect(try store.events(writerID: "w").isEmpty)
+        let files = EventJournal.files(of: path)
+        #expect(files.count == 1, "the journal is kept when its events are not all in the store")
+        // A write torn by the crash: the first half of another copy of the last record.
+        let journal = try Data(contentsOf: URL(fileURLWithPath: files[0].path))
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: files[0].path))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: journal.suffix(40).prefix(20))
+        try handle.close()
+        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
+
+        let next = try EventWriter(store: store, writerID: "w", logger: Logger(label: "test"))
+        let stored = try store.events(writerID: "w")
+        #expect(stored.map(\.kind) == ["session.open", "statement", "result", "session.close"])
+        #expect(stored.allSatisfy(EventChain.isSelfConsistent))
+        let session = try #require(try store.sessions(SessionFilter(identity: "a1@example.com")).first)
+        #expect(session.id == events.sessionID && session.outcome == "closed", "the session index comes back with the events")
+        #expect(EventJournal.files(of: path).count == 2, "a damaged journal is kept for an auditor")
+        try await append(next, Self.session(SessionEvents())[0])
+        next.stop()
+        #expect(try store.events(writerID: "w").map(\.seq) == Array(1...5), "the chain goes on after the recovered events")
     }
 
     @Test("appends after stop fail instead of vanishing")

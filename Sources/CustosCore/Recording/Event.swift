@@ -119,13 +119,32 @@ public enum EventChain {
         return sha256Hex(header.utf8)
     }
 
+    /// The parts of an event that do not depend on its place in a chain: computed before the
+    /// writer's lock is taken, so that only the header hash is computed under it.
+    public struct Prepared: Sendable {
+        public var at: String
+        public var payload: String
+        public var payloadHash: String
+    }
+
+    /// Renders and hashes a draft's payload and formats its time.
+    public static func prepare(_ draft: EventDraft) -> Prepared {
+        let payload = draft.payload.bytes
+        return Prepared(at: Timestamp.format(draft.at), payload: String(decoding: payload, as: UTF8.self), payloadHash: sha256Hex(payload))
+    }
+
     /// Builds the next event of a chain from a draft.
     public static func seal(_ draft: EventDraft, writerID: String, seq: Int64, prevHash: String) -> Event {
-        let payload = draft.payload.bytes
-        let payloadHash = sha256Hex(payload)
-        let at = Timestamp.format(draft.at)
-        let hash = eventHash(writerID: writerID, seq: seq, at: at, sessionID: draft.sessionID, kind: draft.kind.rawValue, payloadHash: payloadHash, prevHash: prevHash)
-        return Event(writerID: writerID, seq: seq, at: at, sessionID: draft.sessionID, kind: draft.kind.rawValue, payload: String(decoding: payload, as: UTF8.self), payloadHash: payloadHash, prevHash: prevHash, hash: hash)
+        seal(draft, prepared: prepare(draft), writerID: writerID, seq: seq, prevHash: prevHash)
+    }
+
+    /// Builds the next event of a chain from a draft already ``prepare(_:)``d.
+    public static func seal(_ draft: EventDraft, prepared: Prepared, writerID: String, seq: Int64, prevHash: String) -> Event {
+        let kind = draft.kind.rawValue
+        let hash = eventHash(writerID: writerID, seq: seq, at: prepared.at, sessionID: draft.sessionID, kind: kind, payloadHash: prepared.payloadHash, prevHash: prevHash)
+        return Event(
+            writerID: writerID, seq: seq, at: prepared.at, sessionID: draft.sessionID, kind: kind, payload: prepared.payload, payloadHash: prepared.payloadHash,
+            prevHash: prevHash, hash: hash)
     }
 
     /// Checks one event's own hashes (not its link to the previous event).

@@ -2,12 +2,13 @@
 ///
 /// Neither method blocks: both queue the draft. Events keep the order in which they were queued.
 public protocol Recorder: Sendable {
-    /// Queues a draft to be committed at once; `completion` runs on the recorder's own thread
-    /// after the commit (or its failure). A write-ahead session forwards a statement only then.
+    /// Records a draft at once; `completion` runs once it is durable (or failed to be), on the
+    /// caller's thread before `append` returns or later on another (callers must not hold a lock
+    /// `completion` takes). A write-ahead session forwards a statement only then.
     func append(_ draft: EventDraft, completion: @escaping @Sendable (Result<Void, RecorderError>) -> Void)
 
-    /// Queues a draft nobody waits for (a result, a session's close): it is committed with the
-    /// next prompt commit, or after a short delay, so that it costs no commit of its own.
+    /// Queues a draft nobody waits for (a result, a session's close): it is written with the
+    /// next prompt event, or after a short delay, so that it costs no write of its own.
     func appendLater(_ draft: EventDraft)
 }
 
