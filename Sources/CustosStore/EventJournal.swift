@@ -128,11 +128,29 @@ final class EventJournal {
     /// crash, or bytes that are not an event) ends that file; the files are kept if any is left
     /// unread that way, for an auditor. Returns how many events were loaded.
     @discardableResult
-    static func recover(store: EventStore, logger: (String) -> Void) throws -> Int {
+    static func recover(store: EventStore, problem: (String) -> Void) throws -> Int {
+        let (count, damaged, files) = try replay(store: store, problem: problem) { batch in
+            try store.insert(batch.map { ($0.event, $0.index, $0.approval) })
+        }
+        if !damaged {
+            for file in files { unlink(file) }
+        }
+        return count
+    }
+
+    /// How many journaled events the store lacks, without changing anything.
+    static func pending(store: EventStore) throws -> Int {
+        try replay(store: store, problem: { _ in }, load: { _ in }).count
+    }
+
+    /// Reads a store's journal files in order and calls `load` with the events that extend the
+    /// store's chains, in batches, each batch extending the one before.
+    private static func replay(
+        store: EventStore, problem: (String) -> Void, load: ([JournalRecord]) throws -> Void
+    ) throws -> (count: Int, damaged: Bool, files: [String]) {
         let files = files(of: store.path)
-        guard !files.isEmpty else { return 0 }
         var heads: [String: (seq: Int64, hash: String)] = [:]
-        var loaded = 0
+        var count = 0
         var damaged = false
         for file in files {
             let data = (try? Data(contentsOf: URL(fileURLWithPath: file.path))) ?? Data()
@@ -140,38 +158,30 @@ final class EventJournal {
             var batch: [JournalRecord] = []
             while !reader.atEnd {
                 guard let record = reader.record() else {
-                    logger("\(file.path): \(reader.remaining) bytes at offset \(reader.position) are not a whole event (a write cut short by a crash); kept")
+                    problem("\(file.path): \(reader.remaining) bytes at offset \(reader.position) are not a whole event (a write cut short by a crash); kept")
                     damaged = true
                     break
                 }
                 let writer = record.event.writerID
-                let head: (seq: Int64, hash: String)
-                if let known = heads[writer] {
-                    head = known
-                } else {
-                    head = try store.head(writerID: writer) ?? (0, EventChain.genesis)
-                }
+                let head = try heads[writer] ?? store.head(writerID: writer) ?? (0, EventChain.genesis)
                 if record.event.seq <= head.seq { continue }  // the store has it already
                 guard record.event.seq == head.seq + 1, record.event.prevHash == head.hash, EventChain.isSelfConsistent(record.event) else {
-                    logger("\(file.path): the event at offset \(reader.position) does not extend writer \(writer)'s chain at seq \(head.seq); kept")
+                    problem("\(file.path): the event at offset \(reader.position) does not extend writer \(writer)'s chain at seq \(head.seq); kept")
                     damaged = true
                     break
                 }
                 heads[writer] = (record.event.seq, record.event.hash)
                 batch.append(record)
                 if batch.count >= 1000 {
-                    try store.insert(batch.map { ($0.event, $0.index, $0.approval) })
-                    loaded += batch.count
+                    try load(batch)
+                    count += batch.count
                     batch.removeAll(keepingCapacity: true)
                 }
             }
-            try store.insert(batch.map { ($0.event, $0.index, $0.approval) })
-            loaded += batch.count
+            try load(batch)
+            count += batch.count
         }
-        if !damaged {
-            for file in files { unlink(file.path) }
-        }
-        return loaded
+        return (count, damaged, files.map(\.path))
     }
 
     // MARK: Format

@@ -113,6 +113,12 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         return count
     }
 
+    /// How many events the journal next to `store` holds that the store lacks (read only): a
+    /// running gateway's last few milliseconds, or what a crash left for the next start.
+    public static func journalPending(store: EventStore) throws -> Int {
+        try EventJournal.pending(store: store)
+    }
+
     public func append(_ draft: EventDraft, completion: @escaping @Sendable (Result<Void, RecorderError>) -> Void) {
         let prepared = EventChain.prepare(draft)
         condition.lock()

@@ -3,6 +3,7 @@ import CustosCore
 import CustosServer
 import CustosStore
 import Foundation
+import Logging
 
 /// `custos verify`: checks the store's chains (or a bundle's) and exits 0 when intact, 1 when not,
 /// 2 when it could not check.
@@ -18,6 +19,8 @@ struct Verify: AsyncParsableCommand {
     @Option(help: "Trust this Ed25519 public key (64 hex digits) instead of keys.signing_file's or the bundle's own.") var publicKey: String?
     @Flag(help: "Fail when events after the last checkpoint are not signed yet.") var requireSigned = false
     @Flag(help: "Print a JSON object.") var json = false
+    @Flag(help: "First load into the store what its write-ahead journal holds beyond it (what a crash left; the gateway's next start does the same).")
+    var recover = false
 
     func run() throws {
         let result: VerificationResult
@@ -54,6 +57,17 @@ struct Verify: AsyncParsableCommand {
         let path = store ?? config.recording.store
         guard FileManager.default.fileExists(atPath: path) else { throw CLIError("no store at \(path)") }
         let key = try publicKey?.lowercased() ?? signingPublicKey(config)
+        if recover {
+            var logger = Logger(label: "custos.verify")
+            logger.logLevel = .warning
+            let loaded = try EventWriter.recoverJournal(store: try EventStore(path: path), logger: logger)
+            FileHandle.standardError.write(Data("custos verify: loaded \(loaded) event\(loaded == 1 ? "" : "s") from the write-ahead journal\n".utf8))
+        } else if let pending = try? EventWriter.journalPending(store: try EventStore(path: path, readOnly: true)), pending > 0 {
+            FileHandle.standardError.write(
+                Data(
+                    ("custos verify: the write-ahead journal next to the store holds \(pending) event\(pending == 1 ? "" : "s") not in it yet "
+                        + "(a running gateway loads them within milliseconds; after a crash, use --recover or start the gateway)\n").utf8))
+        }
         return try EventStore(path: path, readOnly: true).verify(
             trustedKey: key, since: try since.map { try parseTime($0, option: "--since") }, until: try until.map { try parseTime($0, option: "--until") })
     }

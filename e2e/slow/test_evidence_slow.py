@@ -501,6 +501,15 @@ def test_kill9_during_pgbench_loses_no_forwarded_statement(launcher, mint, pg, t
                 # the store as kill -9 left it
                 crashed = tmp_path / f"crashed-{round_}.sqlite"
                 backup_store(gw.store_path, crashed)
+                # ... with its write-ahead journal: what was recorded but not loaded into SQLite yet,
+                # loaded as the gateway's next start would (custos verify --recover).
+                journal = sorted(gw.store_path.parent.glob(gw.store_path.name + ".ahead.*"))
+                assert journal, "kill -9 left no write-ahead journal"
+                for path in journal:
+                    shutil.copyfile(path, tmp_path / (crashed.name + path.name[len(gw.store_path.name):]))
+                rc, out, err = custos_verify(gw.config_path, "--store", str(crashed), "--recover")
+                assert rc == 0 and out and out["ok"], (rc, out, err)
+                journal_loaded = int(re.search(r"loaded (\d+) event", err).group(1))
                 logged = logged_statements(pglog, offset, app)
                 recorded, sessions = recorded_statements(crashed, app)
                 missing = collections.Counter(logged) - collections.Counter(recorded)
@@ -521,12 +530,13 @@ def test_kill9_during_pgbench_loses_no_forwarded_statement(launcher, mint, pg, t
                 assert rc_signed == (1 if tail else 0), (rc_signed, out_signed)
 
                 transactions = re.search(r"number of transactions actually processed: (\d+)", bench_out or "")
-                figures.append({"round": round_, "killed_after_s": round(kill_after, 1), "sessions": sessions,
+                figures.append({"round": round_, "killed_after_s": round(kill_after, 1), "sessions": sessions, "from_journal": journal_loaded,
                                 "logged": len(logged), "recorded": len(recorded), "recorded_not_run": sum(extra.values()),
                                 "unsigned_tail": tail, "events": out["writers"][0]["events"],
                                 "transactions": int(transactions.group(1)) if transactions else None})
                 say(f"  round {round_}: killed after {kill_after:.1f}s; {sessions} sessions; PostgreSQL logged {len(logged)} "
-                    f"statements, all in the record ({len(recorded)} recorded, {sum(extra.values())} recorded but not run); "
+                    f"statements, all in the record ({len(recorded)} recorded, {sum(extra.values())} recorded but not run; "
+                    f"{journal_loaded} events loaded from the journal); "
                     f"custos verify exit 0, unsigned tail {tail} of {out['writers'][0]['events']} events")
 
                 # the same store, the same chain (a fresh log: Gateway.start reads the first "listening on")
