@@ -11,6 +11,41 @@ struct RecordingTests {
         #expect(value.text == #"{"a":{"A":"x\"y\\z\n\u0001","z":null,"é":true},"b":1,"list":[1,"two",false]}"#)
     }
 
+    @Test("string escapes are the same wherever they fall in a string, and keys sort by bytes")
+    func canonicalStrings() {
+        for text in ["", "\"", "plain", "\"lead", "trail\n", "mid\tdle\u{7}x", "\\\\", "é\u{1F}ü"] {
+            var expected = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": expected += "\\\""
+                case "\\": expected += "\\\\"
+                case "\n": expected += "\\n"
+                case "\t": expected += "\\t"
+                case _ where scalar.value < 0x20: expected += String(format: "\\u%04x", scalar.value)
+                default: expected.unicodeScalars.append(scalar)
+                }
+            }
+            expected += "\""
+            #expect(CanonicalJSON.string(text).text == expected)
+        }
+        // "Z" < "a" < "ab" < "é" by UTF-8 bytes.
+        let keys: CanonicalJSON = ["é": 1, "ab": 2, "a": 3, "Z": 4]
+        #expect(keys.text == #"{"Z":4,"a":3,"ab":2,"é":1}"#)
+    }
+
+    @Test("timestamps match Foundation's RFC 3339 rendering")
+    func timestampsMatchFoundation() {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        for seconds in [0, 951_782_400, 1_796_013_267, 4_102_444_799] as [Int] {
+            for micros in [0, 1, 999_999, 123_456] {
+                let date = Date(timeIntervalSince1970: Double(seconds) + Double(micros) / 1_000_000 + 0.0000001)
+                let text = Timestamp.format(date)
+                #expect(text == formatter.string(from: Date(timeIntervalSince1970: Double(seconds))).dropLast() + "." + String(format: "%06d", micros) + "Z")
+            }
+        }
+    }
+
     @Test("timestamps have exactly six fractional digits in UTC")
     func timestamps() {
         #expect(Timestamp.format(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000000Z")

@@ -175,14 +175,28 @@ public enum Timestamp {
         var time = time_t(seconds)
         var parts = tm()
         gmtime_r(&time, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
+        // Written digit by digit: this runs for every event, on the session's thread.
+        var out = [UInt8](repeating: UInt8(ascii: "0"), count: 27)
+        func put(_ value: Int, at end: Int, width: Int) {
+            var value = value
+            for position in stride(from: end, to: end - width, by: -1) {
+                out[position] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            }
         }
-        let frac = String(fraction)
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))."
-            + String(repeating: "0", count: 6 - frac.count) + frac + "Z"
+        let year = Int(parts.tm_year) + 1900
+        guard (0...9999).contains(year) else { return "\(year)-\(parts.tm_mon + 1)-\(parts.tm_mday)T\(parts.tm_hour):\(parts.tm_min):\(parts.tm_sec).\(fraction)Z" }
+        put(year, at: 3, width: 4)
+        put(Int(parts.tm_mon) + 1, at: 6, width: 2)
+        put(Int(parts.tm_mday), at: 9, width: 2)
+        put(Int(parts.tm_hour), at: 12, width: 2)
+        put(Int(parts.tm_min), at: 15, width: 2)
+        put(Int(parts.tm_sec), at: 18, width: 2)
+        put(Int(fraction), at: 25, width: 6)
+        for (position, separator) in [(4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, "."), (26, "Z")] as [(Int, Unicode.Scalar)] {
+            out[position] = UInt8(ascii: separator)
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Parses RFC 3339 (with or without fractional seconds, `Z` or an offset).
