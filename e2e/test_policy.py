@@ -245,6 +245,19 @@ def test_max_rows_inside_a_transaction_fails_the_block(start_gateway, mint, app)
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_the_gateways_own_cancel_never_hits_the_next_statement(start_gateway, mint, app):
+    # The row limit cancels at the backend a statement that has usually finished already; were that
+    # cancel still on its way, PostgreSQL would apply it to the client's next statement (here one
+    # that runs 50 ms, much longer than a cancel takes to arrive).
+    gw = start_gateway(LIMITED)
+    with psycopg.connect(gw.dsn(mint(), app=app), autocommit=True) as conn:
+        for _ in range(5):
+            with pytest.raises(psycopg.Error) as over:
+                conn.execute("SELECT g FROM generate_series(1, 11) g")
+            assert over.value.sqlstate == "54000"
+            assert conn.execute("SELECT 7 FROM pg_sleep(0.05)").fetchone() == (7,)
+
+
 def test_statement_timeout_cancels_with_57014(start_gateway, mint, app):
     import time
 

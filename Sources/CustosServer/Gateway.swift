@@ -105,8 +105,7 @@ public final class Gateway: Service {
         do {
             let logger = self.logger
             self.writer = try EventWriter(
-                store: store, writerID: writerID, queueLimit: config.recording.queueLimit,
-                loadWindow: ProcessInfo.processInfo.environment["CUSTOS_LOAD_WINDOW"].flatMap(Double.init) ?? 0.002, signer: signer,
+                store: store, writerID: writerID, queueLimit: config.recording.queueLimit, signer: signer,
                 checkpointEvery: config.recording.checkpointEvery,
                 onCheckpoint: { checkpoint in
                     // Logged too: a log shipped off the host is an anchor nobody here can rewrite.

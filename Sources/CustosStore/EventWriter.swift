@@ -72,7 +72,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     /// Starts a writer on `store`, continuing `writerID`'s chain where it ends (first loading what
     /// a crash left in the journal).
     public init(
-        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, loadWindow: TimeInterval = 0.002,
+        store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, loadWindow: TimeInterval = 0.01,
         retryDelay: TimeInterval = 1, signer: CheckpointSigner? = nil, checkpointEvery: Int = 1000,
         onCheckpoint: @escaping @Sendable (Checkpoint) -> Void = { _ in }, logger: Logger
     ) throws {

@@ -44,7 +44,7 @@ extension ClientSession: BackendDelegate {
     /// A client message while proxying. Order is kept: while a statement is held, everything
     /// after it queues behind it.
     func clientFrame(_ frame: PostgresFrame) {
-        if held != nil || !queued.isEmpty {
+        if held != nil || cancelsInFlight > 0 || !queued.isEmpty {
             queued.append(frame)
             return
         }
@@ -52,7 +52,7 @@ extension ClientSession: BackendDelegate {
     }
 
     func drainQueue() {
-        while held == nil, !isClosed, let frame = queued.popFirst() {
+        while held == nil, cancelsInFlight == 0, !isClosed, let frame = queued.popFirst() {
             process(frame)
         }
         flushBackend()
@@ -363,9 +363,17 @@ extension ClientSession: BackendDelegate {
         }
     }
 
+    /// Cancels the running statement at the backend. PostgreSQL acts on a cancel whenever it
+    /// arrives: one still on its way when the statement has ended would cancel the client's next,
+    /// so client input waits until the server has taken it.
     func cancelBackendQuery() {
-        if let cancelKey, let entry = gateway.cancelKeys.lookup(cancelKey) {
-            Self.sendCancel(entry, on: context.eventLoop)
+        guard let cancelKey, let entry = gateway.cancelKeys.lookup(cancelKey) else { return }
+        cancelsInFlight += 1
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        Self.sendCancel(entry, on: context.eventLoop).whenComplete { _ in
+            let session = bound.value
+            session.cancelsInFlight -= 1
+            if session.cancelsInFlight == 0, !session.isClosed { session.drainQueue() }
         }
     }
 
@@ -402,7 +410,7 @@ extension ClientSession: BackendDelegate {
     }
 
     func requestClientRead() {
-        guard !isClosed, held == nil, backendWritable else { return }
+        guard !isClosed, held == nil, cancelsInFlight == 0, backendWritable else { return }
         context.read()
     }
 

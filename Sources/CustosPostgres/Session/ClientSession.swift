@@ -66,6 +66,9 @@ final class ClientSession: ChannelInboundHandler {
     var abortClearsAtReady = false
     /// A statement waiting for its decision or write-ahead commit; later client input queues behind it.
     var held: HeldStatement?
+    /// Cancels the gateway sent on its own (row limit, policy timeout) that the server has not yet
+    /// acted on: client input waits behind them, so that a late cancel cannot hit the next statement.
+    var cancelsInFlight = 0
     var queued = CircularBuffer<PostgresFrame>()
     /// After a refused extended-protocol message, client messages are dropped until Sync, as PostgreSQL does.
     var skippingUntilSync = false
@@ -428,14 +431,19 @@ final class ClientSession: ChannelInboundHandler {
         Self.sendCancel(entry, on: context.eventLoop)
     }
 
-    /// Sends a CancelRequest with the backend's own key on a new connection, as libpq does.
-    static func sendCancel(_ entry: CancelRegistry.Entry, on eventLoop: any EventLoop) {
+    /// Sends a CancelRequest with the backend's own key on a new connection, as libpq does. The
+    /// future completes once the server closed that connection (it has signalled the backend by
+    /// then), or failed, or after 5 s.
+    @discardableResult
+    static func sendCancel(_ entry: CancelRegistry.Entry, on eventLoop: any EventLoop) -> EventLoopFuture<Void> {
         let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(.seconds(5))
-        bootstrap.connect(host: entry.host, port: entry.port).whenSuccess { channel in
+        return bootstrap.connect(host: entry.host, port: entry.port).flatMap { channel in
             var buffer = channel.allocator.buffer(capacity: 16)
             StartupPacket.cancel(processID: entry.processID, secretKey: entry.secret).encode(into: &buffer)
-            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-        }
+            channel.writeAndFlush(buffer, promise: nil)
+            let deadline = eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+            return channel.closeFuture.always { _ in deadline.cancel() }
+        }.recover { _ in }
     }
 
     // MARK: Ending
