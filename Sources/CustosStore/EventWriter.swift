@@ -55,7 +55,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     /// Events the search index takes in one go between loads.
     static let indexSlice = 2000
     /// A journal file is continued in a new one past this size, and removed once loaded.
-    static let journalFileBytes: Int64 = 16 << 20
+    private let journalFileBytes: Int64
     private var thread: Thread?
 
     /// The writer id whose chain this writer extends.
@@ -73,7 +73,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     /// a crash left in the journal).
     public init(
         store: EventStore, writerID: String, queueLimit: Int = 100_000, lazyWindow: TimeInterval = 0.01, loadWindow: TimeInterval = 0.01,
-        retryDelay: TimeInterval = 1, signer: CheckpointSigner? = nil, checkpointEvery: Int = 1000,
+        retryDelay: TimeInterval = 1, journalFileBytes: Int64 = 16 << 20, signer: CheckpointSigner? = nil, checkpointEvery: Int = 1000,
         onCheckpoint: @escaping @Sendable (Checkpoint) -> Void = { _ in }, logger: Logger
     ) throws {
         try Self.recoverJournal(store: store, logger: logger)
@@ -85,6 +85,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         self.lazyWindow = lazyWindow
         self.loadWindow = loadWindow
         self.retryDelay = retryDelay
+        self.journalFileBytes = journalFileBytes
         self.writerID = writerID
         self.queueLimit = queueLimit
         self.logger = logger
@@ -279,19 +280,18 @@ public final class EventWriter: Recorder, @unchecked Sendable {
                 unloadedSince = unloaded.isEmpty ? nil : Date()
                 loadedSeq = batch.last!.event.seq
                 retryAt = nil
-                remove = journal.removable(loadedSeq: loadedSeq)
-                if journal.offset >= Self.journalFileBytes {
-                    do {
-                        try journal.rotate(lastSeq: seq)
-                    } catch {
-                        logger.error("event journal not rotated", metadata: ["error": "\(error)"])
-                    }
-                    if unloaded.isEmpty { remove += journal.removable(loadedSeq: loadedSeq) }
-                }
                 condition.broadcast()  // waitUntilLoaded
             } else if !batch.isEmpty {
                 retryAt = Date().addingTimeInterval(retryDelay)
             }
+            if journal.offset >= journalFileBytes, !final {
+                do {
+                    try journal.rotate(lastSeq: seq)
+                } catch {
+                    logger.error("event journal not rotated", metadata: ["error": "\(error)"])
+                }
+            }
+            remove = journal.removable(loadedSeq: loadedSeq)
             if final {
                 if !unloaded.isEmpty {
                     // Nothing is lost: the journal keeps them, and the next start loads them.

@@ -201,6 +201,33 @@ struct EventWriterTests {
         #expect(try store.events(writerID: "w").map(\.seq) == Array(1...5), "the chain goes on after the recovered events")
     }
 
+    @Test("the journal goes on in a new file when one is full, removes loaded files, and a crash's files load in order")
+    func journalRotation() async throws {
+        let store = try EventStore(path: path)
+        var writer = try EventWriter(store: store, writerID: "w", loadWindow: 0.001, retryDelay: 0.001, journalFileBytes: 2048, logger: Logger(label: "test"))
+        for _ in 0..<10 {
+            for draft in Self.session(SessionEvents()) { try await append(writer, draft) }
+            #expect(writer.waitUntilLoaded())
+        }
+        #expect(try store.events(writerID: "w").count == 40)
+        #expect(EventJournal.files(of: path).count <= 2, "loaded files are removed as the journal goes on")
+        // A crash with several files not loaded: the store refuses, so only the journal has them.
+        try await store.database.write { db in try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'no'); END") }
+        for _ in 0..<10 {
+            for draft in Self.session(SessionEvents()) { try await append(writer, draft) }
+            try await Task.sleep(for: .milliseconds(5))  // several loads fail, so the files rotate
+        }
+        writer.stop()
+        #expect(EventJournal.files(of: path).count >= 3)
+        try await store.database.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
+        writer = try EventWriter(store: store, writerID: "w", logger: Logger(label: "test"))
+        writer.stop()
+        let events = try store.events(writerID: "w")
+        #expect(events.map(\.seq) == Array(1...80))
+        for (previous, event) in zip(events, events.dropFirst()) { #expect(event.prevHash == previous.hash) }
+        #expect(EventJournal.files(of: path).isEmpty)
+    }
+
     @Test("appends after stop fail instead of vanishing")
     func appendAfterStop() async throws {
         let writer = try EventWriter(store: try EventStore(path: path), writerID: "w", logger: Logger(label: "test"))
