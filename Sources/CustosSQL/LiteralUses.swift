@@ -75,10 +75,34 @@ final class LiteralUseFinder {
                     let length = tape.int(raw, "stmt_len")
                     finder.walk(node, statement: start..<(length > 0 ? min(start + length, lexer.bytes.count) : lexer.bytes.count))
                 }
-                return finder.sortedUses()
+                return finder.overflowed ? finder.everyLiteral() : finder.sortedUses()
             }
         }
         return result ?? []
+    }
+
+    /// Past this many uses a statement is too complex to follow: nested comparisons of long
+    /// expressions pair every value with every column (a 9 KB statement found by fuzzing held an
+    /// event loop for 3 s). Its literals and parameters are then all ``LiteralUse/Role/unknown``.
+    static let useLimit = 20_000
+    private(set) var overflowed = false
+
+    /// Every literal and parameter of the statement, as a use of an unknown column.
+    private func everyLiteral() -> [LiteralUse] {
+        var uses: [LiteralUse] = []
+        var index = 0
+        while true {
+            let token = lexer.token(at: index)
+            switch token.kind {
+            case .end: return uses
+            case .string, .number: uses.append(LiteralUse(range: token.range, role: .unknown))
+            case .parameter:
+                let digits = lexer.bytes[(token.range.lowerBound + 1)..<token.range.upperBound]
+                if let number = Int(String(decoding: digits, as: UTF8.self)), number > 0 { uses.append(LiteralUse(parameter: number, role: .unknown)) }
+            default: break
+            }
+            index = max(token.range.upperBound, index + 1)
+        }
     }
 
     private func sortedUses() -> [LiteralUse] {
@@ -324,7 +348,7 @@ final class LiteralUseFinder {
 
     /// Each value of `values` is a use of each column of `columns`.
     private func pair(_ columns: Side, _ values: Side, _ scope: Int32) {
-        guard !columns.columns.isEmpty, !values.values.isEmpty else { return }
+        guard !overflowed, !columns.columns.isEmpty, !values.values.isEmpty else { return }
         var roles: [LiteralUse.Role] = []
         for column in columns.columns {
             if let role = role(ofColumn: column, scope), !roles.contains(role) { roles.append(role) }
@@ -382,6 +406,7 @@ final class LiteralUseFinder {
     // MARK: Recording
 
     func record(_ value: (node: Int32, isParameter: Bool), _ role: LiteralUse.Role) {
+        guard found.count < Self.useLimit else { return overflowed = true }
         let location = tape.int(value.node, "location")
         if value.isParameter {
             let number = tape.int(value.node, "number")
@@ -393,6 +418,7 @@ final class LiteralUseFinder {
     }
 
     func record(range: Range<Int>, role: LiteralUse.Role) {
+        guard found.count < Self.useLimit else { return overflowed = true }
         found.append((range.lowerBound, LiteralUse(range: range, role: role)))
     }
 }

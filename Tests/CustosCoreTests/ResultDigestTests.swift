@@ -67,6 +67,15 @@ struct ResultDigestTests {
         #expect(!secret.text.contains("AKIAIOSFODNN7EXAMPLE"), "secrets are masked in the record for every identity")
         let plain = recording.mask(text: "SELECT 1", parameters: [], uses: [], profile: profile)
         #expect(plain.text == "SELECT 1" && !plain.masked)
+
+        // A statement too complex to follow: its literals are redacted where any column is masked.
+        let complex = "SELECT 1 FROM t WHERE x = 'a-value' AND y = $1"
+        let unknown = [LiteralUse(range: 26..<35, role: .unknown), LiteralUse(parameter: 1, role: .unknown)]
+        let closed = recording.mask(text: complex, parameters: ["p-value"], uses: unknown, profile: profile)
+        #expect(closed.text == "SELECT 1 FROM t WHERE x = '[redacted]' AND y = $1")
+        #expect(closed.parameters == ["[redacted]"])
+        let open = recording.mask(text: complex, parameters: ["p-value"], uses: unknown, profile: .none)
+        #expect(open.text == complex && open.parameters == ["p-value"], "no masking rule for this identity: nothing to hide")
     }
 
     @Test("masking into a buffer gives exactly what masking into an array gives, for every strategy")

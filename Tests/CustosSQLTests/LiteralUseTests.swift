@@ -17,12 +17,29 @@ private func uses(_ sql: String) -> [String] {
         switch use.role {
         case .column(let table, let column): return "\(token) -> \(table ?? "?").\(column)"
         case .password: return "\(token) -> password"
+        case .unknown: return "\(token) -> ?"
         }
     }
 }
 
 @Suite("PostgresAnalyzer.literalUses")
 struct LiteralUseTests {
+    @Test("a statement pairing too many values with too many columns gives every literal an unknown column")
+    func tooComplexFailsClosed() {
+        // 20 comparisons of 32 columns with 32 literals: 20,480 pairs, past the limit.
+        let comparisons = (0..<20).map { group in
+            let columns = (1...32).map { "c\(group)_\($0)" }.joined(separator: " + ")
+            let values = (1...32).map { "'v\(group)_\($0)'" }.joined(separator: " || ")
+            return "(\(columns)) = (\(values))"
+        }
+        let found = uses("SELECT 1 FROM t WHERE \(comparisons.joined(separator: " AND ")) AND c = $1")
+        let expected = ["1 -> ?"] + (0..<20).flatMap { group in (1...32).map { "'v\(group)_\($0)' -> ?" } } + ["$1 -> ?"]
+        #expect(found.count == expected.count)
+        #expect(found == expected, "every literal, in text order, then the parameter")
+        // Below the limit the columns are followed as usual.
+        #expect(uses("SELECT 1 FROM t WHERE c1 + c2 = 'a'") == ["'a' -> t.c2", "'a' -> t.c1"])
+    }
+
     // MARK: Comparisons
 
     @Test func equalityWithStringLiteral() throws {

@@ -72,6 +72,8 @@ public struct RecordMasking: Sendable {
         switch role {
         case .password: .redact
         case .column(let table, let column): profile.strategy(forReference: column, table: table)
+        // Fails closed: where any column is masked for this identity, such a literal may be one of them.
+        case .unknown: profile.columns.isEmpty && profile.columnNames.isEmpty ? nil : .redact
         }
     }
 

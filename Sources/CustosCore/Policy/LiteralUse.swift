@@ -11,6 +11,9 @@ public struct LiteralUse: Sendable, Equatable, Hashable {
         case column(table: String?, column: String)
         /// A password (CREATE/ALTER ROLE/USER … PASSWORD, user mapping and server `password` options).
         case password
+        /// Any column: the statement was too complex to follow (so many comparisons that finding
+        /// each literal's columns would take seconds), so every literal may be any column's value.
+        case unknown
     }
 
     /// The literal token's byte range in the statement text (UTF-8 offsets, quotes included);
