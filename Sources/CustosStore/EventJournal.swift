@@ -51,8 +51,15 @@ final class EventJournal {
 
     private func open() throws {
         let path = currentPath
-        let opened = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let opened = Glibc.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         guard opened >= 0 else { throw JournalError(operation: "open \(path)", code: errno) }
+        // Held while the file is written: recovery (another gateway's start, custos verify
+        // --recover) refuses to load or remove a journal a running gateway still writes.
+        guard flock(opened, LOCK_EX | LOCK_NB) == 0, ftruncate(opened, 0) == 0 else {
+            let code = errno
+            Glibc.close(opened)
+            throw JournalError(operation: "lock \(path)", code: code)
+        }
         fd = opened
         offset = 0
     }
@@ -129,6 +136,14 @@ final class EventJournal {
     /// unread that way, for an auditor. Returns how many events were loaded.
     @discardableResult
     static func recover(store: EventStore, problem: (String) -> Void) throws -> Int {
+        for file in files(of: store.path) {
+            let probe = Glibc.open(file.path, O_RDONLY | O_CLOEXEC)
+            guard probe >= 0 else { continue }
+            defer { Glibc.close(probe) }
+            if flock(probe, LOCK_SH | LOCK_NB) != 0 {
+                throw JournalError(operation: "recover: \(file.path) is being written by a running gateway (it loads its journal itself)", code: errno)
+            }
+        }
         let (count, damaged, files) = try replay(store: store, problem: problem) { batch in
             try store.insert(batch.map { ($0.event, $0.index, $0.approval) })
         }

@@ -228,6 +228,20 @@ struct EventWriterTests {
         #expect(EventJournal.files(of: path).isEmpty)
     }
 
+    @Test("a journal a running writer holds is not recovered by anyone else")
+    func liveJournalIsNotRecovered() async throws {
+        let store = try EventStore(path: path)
+        let writer = try EventWriter(store: store, writerID: "w", loadWindow: 5, logger: Logger(label: "test"))
+        try await append(writer, Self.session(SessionEvents())[0])
+        #expect(try EventWriter.journalPending(store: store) == 1, "read-only: it counts what waits")
+        #expect(throws: (any Error).self) { try EventWriter.recoverJournal(store: store, logger: Logger(label: "test")) }
+        #expect(throws: (any Error).self, "a second writer on the same store") { try EventWriter(store: store, writerID: "w", logger: Logger(label: "test")) }
+        #expect(EventJournal.files(of: path).count == 1)
+        writer.stop()
+        #expect(try store.events(writerID: "w").count == 1)
+        #expect(try EventWriter.journalPending(store: store) == 0)
+    }
+
     @Test("appends after stop fail instead of vanishing")
     func appendAfterStop() async throws {
         let writer = try EventWriter(store: try EventStore(path: path), writerID: "w", logger: Logger(label: "test"))
