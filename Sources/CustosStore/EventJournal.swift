@@ -132,8 +132,9 @@ final class EventJournal {
 
     /// Loads into the store every journaled event it lacks (after a crash), in chain order, then
     /// removes the journal files. An event that does not extend its chain (a write torn by the
-    /// crash, or bytes that are not an event) ends that file; the files are kept if any is left
-    /// unread that way, for an auditor. Returns how many events were loaded.
+    /// crash, or bytes that are not an event) ends that file; if any is left unread that way, the
+    /// files are kept for an auditor, renamed `….damaged` so that later starts do not read them
+    /// again. Returns how many events were loaded.
     @discardableResult
     static func recover(store: EventStore, problem: (String) -> Void) throws -> Int {
         for file in files(of: store.path) {
@@ -147,8 +148,12 @@ final class EventJournal {
         let (count, damaged, files) = try replay(store: store, problem: problem) { batch in
             try store.insert(batch.map { ($0.event, $0.index, $0.approval) })
         }
-        if !damaged {
-            for file in files { unlink(file) }
+        for file in files {
+            if damaged {
+                if rename(file, file + ".damaged") != 0 { problem("\(file): not renamed to \(file).damaged: \(String(cString: strerror(errno)))") }
+            } else {
+                unlink(file)
+            }
         }
         return count
     }
