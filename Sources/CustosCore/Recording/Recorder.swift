@@ -1,6 +1,7 @@
 /// Where sessions send their events. The store implements it; sessions never see the store.
 ///
-/// Neither method blocks: both queue the draft. Events keep the order in which they were queued.
+/// `append` records before it returns (a write into the page cache, never a wait on another
+/// thread); `appendLater` only queues. Events keep the order in which they were given.
 public protocol Recorder: Sendable {
     /// Records a draft at once; `completion` runs once it is durable (or failed to be), on the
     /// caller's thread before `append` returns or later on another (callers must not hold a lock

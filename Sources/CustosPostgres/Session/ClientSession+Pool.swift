@@ -24,10 +24,11 @@ extension ClientSession {
     }
 
     /// Hands the backend to the pool when the session ends at rest (no statement outstanding, no
-    /// transaction open); nil when it must be closed instead.
+    /// transaction open, no cancel of the gateway's own still on its way to it, which would hit the
+    /// next session's statement); nil when it must be closed instead.
     func releaseBackend() -> PooledBackend? {
         guard let settings = target?.pool, let backend, let startup = backendStartup, startup.processID != 0, opened,
-            tracker.isIdle, tracker.transactionStatus == .idle, held == nil, queued.isEmpty, pausedFrames == nil, !abortedBlock
+            tracker.isIdle, tracker.transactionStatus == .idle, !inputPaused, queued.isEmpty, pausedFrames == nil, !abortedBlock
         else { return nil }
         self.backend = nil
         return PooledBackend(channel: backend, relay: relay, startup: startup, pools: gateway.pools, settings: settings, logger: gateway.logger)

@@ -44,7 +44,7 @@ extension ClientSession: BackendDelegate {
     /// A client message while proxying. Order is kept: while a statement is held, everything
     /// after it queues behind it.
     func clientFrame(_ frame: PostgresFrame) {
-        if held != nil || cancelsInFlight > 0 || !queued.isEmpty {
+        if inputPaused || !queued.isEmpty {
             queued.append(frame)
             return
         }
@@ -52,7 +52,7 @@ extension ClientSession: BackendDelegate {
     }
 
     func drainQueue() {
-        while held == nil, cancelsInFlight == 0, !isClosed, let frame = queued.popFirst() {
+        while !inputPaused, !isClosed, let frame = queued.popFirst() {
             process(frame)
         }
         flushBackend()
@@ -410,7 +410,7 @@ extension ClientSession: BackendDelegate {
     }
 
     func requestClientRead() {
-        guard !isClosed, held == nil, cancelsInFlight == 0, backendWritable else { return }
+        guard !isClosed, !inputPaused, backendWritable else { return }
         context.read()
     }
 

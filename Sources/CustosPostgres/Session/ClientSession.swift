@@ -69,6 +69,8 @@ final class ClientSession: ChannelInboundHandler {
     /// Cancels the gateway sent on its own (row limit, policy timeout) that the server has not yet
     /// acted on: client input waits behind them, so that a late cancel cannot hit the next statement.
     var cancelsInFlight = 0
+    /// Client input waits: a statement is held, or a cancel of the gateway's own is on its way.
+    var inputPaused: Bool { held != nil || cancelsInFlight > 0 }
     var queued = CircularBuffer<PostgresFrame>()
     /// After a refused extended-protocol message, client messages are dropped until Sync, as PostgreSQL does.
     var skippingUntilSync = false
