@@ -57,6 +57,15 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     /// A journal file is continued in a new one past this size, and removed once loaded.
     private let journalFileBytes: Int64
     private var thread: Thread?
+    /// How the loader waits: writers wake it only when it would otherwise sleep past their due
+    /// time, not for every event (a wake-up is a futex call on the statement's path).
+    private var loaderWait = LoaderWait.working
+
+    private enum LoaderWait {
+        case working
+        case idle
+        case until(Date)
+    }
 
     /// The writer id whose chain this writer extends.
     public let writerID: String
@@ -145,8 +154,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         }
         lazy.append((draft, prepared))
         if lazySince == nil {
-            lazySince = Date()
-            condition.broadcast()  // so the loader arms its timer
+            let now = Date()
+            lazySince = now
+            wakeLoader(by: now.addingTimeInterval(lazyWindow))
         }
     }
 
@@ -179,11 +189,21 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         lazy.removeAll(keepingCapacity: true)
         lazySince = nil
         if unloaded.isEmpty {
-            unloadedSince = Date()
-            condition.broadcast()  // the loader
+            let now = Date()
+            unloadedSince = now
+            wakeLoader(by: now.addingTimeInterval(loadWindow))
         }
         unloaded += records
         return .success(())
+    }
+
+    /// Wakes the loader if it would sleep past `due`. Holds `condition`.
+    private func wakeLoader(by due: Date) {
+        switch loaderWait {
+        case .working: break  // it looks again before it sleeps
+        case .idle: condition.broadcast()
+        case .until(let deadline): if deadline > due { condition.broadcast() }
+        }
     }
 
     /// Makes journal writes fail with `code` (an errno), as a full disk does; nil ends it. For tests.
@@ -244,11 +264,15 @@ public final class EventWriter: Recorder, @unchecked Sendable {
                 if let lazySince { due.append(lazySince.addingTimeInterval(lazyWindow)) }
                 if let unloadedSince { due.append(unloadedSince.addingTimeInterval(loadWindow)) }
                 guard let next = due.min().map({ max($0, retryAt ?? $0) }) else {
+                    loaderWait = .idle
                     condition.wait()
+                    loaderWait = .working
                     continue
                 }
                 if Date() >= next { break }
+                loaderWait = .until(next)
                 _ = condition.wait(until: next)
+                loaderWait = .working
             }
             let now = Date()
             let final = stopping

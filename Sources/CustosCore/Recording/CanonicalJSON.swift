@@ -32,7 +32,7 @@ public enum CanonicalJSON: Sendable, Equatable {
         case .bool(let value):
             out.append(contentsOf: (value ? "true" : "false").utf8)
         case .int(let value):
-            out.append(contentsOf: String(value).utf8)
+            Self.writeInt(value, into: &out)
         case .string(let value):
             Self.writeString(value, into: &out)
         case .array(let values):
@@ -53,6 +53,20 @@ public enum CanonicalJSON: Sendable, Equatable {
                 member.value.write(into: &out)
             }
             out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    static func writeInt(_ value: Int64, into out: inout [UInt8]) {
+        if value < 0 { out.append(UInt8(ascii: "-")) }
+        var magnitude = value.magnitude
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = 20
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                magnitude /= 10
+            } while magnitude > 0
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
         }
     }
 

@@ -10,8 +10,8 @@ public struct EventDraft: Sendable {
     public var sessionID: String
     /// When it happened.
     public var at: Date
-    /// The payload, already masked; hashed as its canonical bytes.
-    public var payload: CanonicalJSON
+    /// The payload, already masked, as its canonical bytes (what is hashed).
+    public var payload: [UInt8]
     /// How the session index (the searchable projection of sessions) changes with this event.
     public var index: SessionIndexUpdate?
     /// For approval events: the approval's state after the event, kept by the store so that
@@ -19,10 +19,15 @@ public struct EventDraft: Sendable {
     public var approval: Approval?
 
     public init(kind: EventKind, sessionID: String, at: Date = Date(), payload: CanonicalJSON, index: SessionIndexUpdate? = nil, approval: Approval? = nil) {
+        self.init(kind: kind, sessionID: sessionID, at: at, canonicalPayload: payload.bytes, index: index, approval: approval)
+    }
+
+    /// A draft whose payload is already canonical JSON (``CanonicalJSONWriter``).
+    public init(kind: EventKind, sessionID: String, at: Date = Date(), canonicalPayload: [UInt8], index: SessionIndexUpdate? = nil, approval: Approval? = nil) {
         self.kind = kind
         self.sessionID = sessionID
         self.at = at
-        self.payload = payload
+        self.payload = canonicalPayload
         self.index = index
         self.approval = approval
     }
@@ -109,8 +114,15 @@ public enum EventChain {
 
     /// Lowercase hex SHA-256 of bytes.
     public static func sha256Hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        let digest = SHA256.hash(data: Array(bytes))
-        return hex(digest)
+        if let hex = bytes.withContiguousStorageIfAvailable({ sha256Hex(UnsafeRawBufferPointer($0)) }) { return hex }
+        return Array(bytes).withUnsafeBytes { sha256Hex($0) }
+    }
+
+    static func sha256Hex(_ bytes: UnsafeRawBufferPointer) -> String {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
+            KeyedHash.sha256(bytes, into: digest.baseAddress!)
+            return hex(UnsafeRawBufferPointer(digest))
+        }
     }
 
     /// The event hash over its header fields and payload hash.
@@ -129,7 +141,7 @@ public enum EventChain {
 
     /// Renders and hashes a draft's payload and formats its time.
     public static func prepare(_ draft: EventDraft) -> Prepared {
-        let payload = draft.payload.bytes
+        let payload = draft.payload
         return Prepared(at: Timestamp.format(draft.at), payload: String(decoding: payload, as: UTF8.self), payloadHash: sha256Hex(payload))
     }
 
@@ -153,15 +165,23 @@ public enum EventChain {
             && eventHash(writerID: event.writerID, seq: event.seq, at: event.at, sessionID: event.sessionID, kind: event.kind, payloadHash: event.payloadHash, prevHash: event.prevHash) == event.hash
     }
 
-    static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(64)
-        for byte in digest {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0xF)])
+    static func hex<D: ContiguousBytes>(_ digest: D) -> String {
+        digest.withUnsafeBytes { hex($0) }
+    }
+
+    /// Lowercase hex, written straight into the string's storage (one allocation).
+    static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
+        String(unsafeUninitializedCapacity: 2 * bytes.count) { out in
+            for (index, byte) in bytes.enumerated() {
+                out[2 * index] = hexDigit(byte >> 4)
+                out[2 * index + 1] = hexDigit(byte & 0xF)
+            }
+            return 2 * bytes.count
         }
-        return String(decoding: out, as: UTF8.self)
+    }
+
+    @inline(__always) static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? 0x30 + nibble : 0x57 + nibble
     }
 }
 

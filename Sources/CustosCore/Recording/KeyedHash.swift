@@ -69,7 +69,7 @@ public struct KeyedHash: @unchecked Sendable {
     public func finishHex(_ running: Running) -> String {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { buffer in
             finish(running, into: buffer.baseAddress!)
-            return EventChain.hex(UnsafeBufferPointer(buffer))
+            return EventChain.hex(UnsafeRawBufferPointer(buffer))
         }
     }
 

@@ -77,9 +77,11 @@ public struct ResultDigest: Sendable {
 
     /// The multiset digest (hex): the per-row HMACs summed modulo 2^256.
     public var multisetHex: String {
-        [sum.0, sum.1, sum.2, sum.3].map { limb in
-            let text = String(limb, radix: 16)
-            return String(repeating: "0", count: 16 - text.count) + text
-        }.joined()
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { bytes in
+            for (index, limb) in [sum.0, sum.1, sum.2, sum.3].enumerated() {
+                for byte in 0..<8 { bytes[index * 8 + byte] = UInt8(truncatingIfNeeded: limb >> (56 - 8 * byte)) }
+            }
+            return EventChain.hex(UnsafeRawBufferPointer(bytes))
+        }
     }
 }

@@ -92,22 +92,50 @@ public struct SessionEvents: Sendable {
     /// its masked form; without it the text and parameters are recorded as sent.
     public func statement(number: Int, action: Action, decision: Decision, recorded: RecordedStatement? = nil, at: Date = Date()) -> EventDraft {
         let recorded = recorded ?? RecordedStatement(text: action.text, parameters: action.parameters, masked: false)
-        var payload: CanonicalJSON = [
-            "statement": .int(Int64(number)),
-            "protocol": .string(action.channel.rawValue),
-            "text": .string(recorded.text),
-            "parameters": .array(recorded.parameters.map(CanonicalJSON.optional)),
-            "text_masked": .bool(recorded.masked),
-            "decision": Self.decision(decision),
-            // What the parser found it touches, so that sessions can be searched by table.
-            "tables": .array(Set(action.statements.flatMap { $0.tablesRead + $0.tablesWritten }).sorted().map(CanonicalJSON.string)),
-        ]
-        if !action.parameters.isEmpty, case .object(var fields) = payload {
-            fields["parameter_types"] = .array(action.parameterTypes.map(CanonicalJSON.int))
-            fields["parameter_formats"] = .array(action.parameterFormats.map(CanonicalJSON.int))
-            payload = .object(fields)
+        // Written member by member, in canonical key order (see CanonicalJSONWriter).
+        var json = CanonicalJSONWriter(capacity: 256 + recorded.text.utf8.count)
+        json.beginObject()
+        json.key("decision")
+        Self.write(decision, into: &json)
+        if !action.parameters.isEmpty {
+            json.key("parameter_formats")
+            json.beginArray()
+            for format in action.parameterFormats { json.int(format) }
+            json.endArray()
+            json.key("parameter_types")
+            json.beginArray()
+            for type in action.parameterTypes { json.int(type) }
+            json.endArray()
         }
-        return EventDraft(kind: .statement, sessionID: sessionID, at: at, payload: payload)
+        json.key("parameters")
+        json.beginArray()
+        for parameter in recorded.parameters { json.string(parameter) }
+        json.endArray()
+        json.key("protocol")
+        json.string(action.channel.rawValue)
+        json.key("statement")
+        json.int(Int64(number))
+        // What the parser found it touches, so that sessions can be searched by table.
+        json.key("tables")
+        json.beginArray()
+        for table in Self.tables(action.statements) { json.string(table) }
+        json.endArray()
+        json.key("text")
+        json.string(recorded.text)
+        json.key("text_masked")
+        json.bool(recorded.masked)
+        json.endObject()
+        return EventDraft(kind: .statement, sessionID: sessionID, at: at, canonicalPayload: json.bytes)
+    }
+
+    /// The tables a statement reads or writes, each once, sorted.
+    static func tables(_ statements: [StatementInfo]) -> [String] {
+        // Nearly always one statement touching a table or two: no set needed.
+        var tables: [String] = []
+        for statement in statements {
+            for table in statement.tablesRead + statement.tablesWritten where !tables.contains(table) { tables.append(table) }
+        }
+        return tables.sorted()
     }
 
     /// A result column as described by the backend.
@@ -153,25 +181,62 @@ public struct SessionEvents: Sendable {
 
     /// A statement finished (or failed).
     public func result(number: Int, outcome: Outcome, at: Date = Date()) -> EventDraft {
-        var error: CanonicalJSON = .null
+        // Written member by member, in canonical key order (see CanonicalJSONWriter).
+        var json = CanonicalJSONWriter(capacity: 384)
+        json.beginObject()
+        json.key("columns")
+        json.beginArray()
+        for column in outcome.columns {
+            json.beginObject()
+            json.key("format")
+            json.int(column.format)
+            json.key("name")
+            json.string(column.name)
+            json.key("type")
+            json.int(column.type)
+            json.endObject()
+        }
+        json.endArray()
+        json.key("command_tag")
+        json.string(outcome.commandTag)
+        json.key("digest")
+        if let digest = outcome.digest {
+            json.beginObject()
+            json.key("multiset")
+            json.string(digest.multiset)
+            json.key("ordered")
+            json.string(digest.ordered)
+            json.endObject()
+        } else {
+            json.null()
+        }
+        json.key("duration_us")
+        json.int(outcome.durationMicros)
+        json.key("error")
         if let code = outcome.errorCode {
-            error = ["sqlstate": .string(code), "message": .optional(outcome.errorMessage)]
+            json.beginObject()
+            json.key("message")
+            json.string(outcome.errorMessage)
+            json.key("sqlstate")
+            json.string(code)
+            json.endObject()
+        } else {
+            json.null()
         }
-        var digest: CanonicalJSON = .null
-        if let value = outcome.digest {
-            digest = ["ordered": .string(value.ordered), "multiset": .string(value.multiset)]
+        json.key("rows")
+        json.int(outcome.rows)
+        json.key("sample")
+        json.beginArray()
+        for row in outcome.sample {
+            json.beginArray()
+            for value in row { json.string(value) }
+            json.endArray()
         }
-        let payload: CanonicalJSON = [
-            "statement": .int(Int64(number)),
-            "command_tag": .optional(outcome.commandTag),
-            "rows": .optional(outcome.rows),
-            "duration_us": .int(outcome.durationMicros),
-            "error": error,
-            "columns": .array(outcome.columns.map { ["name": .string($0.name), "type": .int($0.type), "format": .int($0.format)] }),
-            "sample": .array(outcome.sample.map { .array($0.map(CanonicalJSON.optional)) }),
-            "digest": digest,
-        ]
-        return EventDraft(kind: .result, sessionID: sessionID, at: at, payload: payload)
+        json.endArray()
+        json.key("statement")
+        json.int(Int64(number))
+        json.endObject()
+        return EventDraft(kind: .result, sessionID: sessionID, at: at, canonicalPayload: json.bytes)
     }
 
     /// The session ended; `outcome` is `closed` for a clean end, `error` otherwise.
@@ -206,6 +271,24 @@ public struct SessionEvents: Sendable {
             "expires_at": .string(Timestamp.format(identity.expiresAt)),
             "actors": .array(identity.actors.map(CanonicalJSON.string)),
         ]
+    }
+
+    static func write(_ decision: Decision, into json: inout CanonicalJSONWriter) {
+        json.beginObject()
+        // Only a statement released by an approval names it.
+        if let approval = decision.approval {
+            json.key("approval")
+            json.string(approval)
+        }
+        json.key("message")
+        json.string(decision.message)
+        json.key("policy")
+        json.string(decision.policy)
+        json.key("rule")
+        json.string(decision.rule)
+        json.key("verdict")
+        json.string(decision.verdict.rawValue)
+        json.endObject()
     }
 
     static func decision(_ decision: Decision) -> CanonicalJSON {

@@ -229,13 +229,36 @@ extension ClientSession: BackendDelegate {
             held = HeldStatement(stage: .awaitingCommit, frame: frame, statement: statement, action: expectation(statement))
             let loop = context.eventLoop
             let bound = NIOLoopBound(self, eventLoop: loop)
+            inlineCommit = .awaiting
             gateway.recorder.append(draft) { result in
-                loop.execute { bound.value.committed(result) }
+                if loop.inEventLoop {
+                    bound.value.committed(result)
+                } else {
+                    loop.execute { bound.value.committed(result) }
+                }
+            }
+            if case .done(let result) = inlineCommit {
+                // Recorded before `append` returned (the journal): the statement goes on in this
+                // same read, with no task hop; whoever called us drains and flushes.
+                inlineCommit = .none
+                release(result)
+            } else {
+                inlineCommit = .none
             }
         }
     }
 
     private func committed(_ result: Result<Void, RecorderError>) {
+        if case .awaiting = inlineCommit {
+            inlineCommit = .done(result)
+            return
+        }
+        release(result)
+        drainQueue()
+    }
+
+    /// The held statement's write-ahead record is done: forwarded, or refused when it failed.
+    private func release(_ result: Result<Void, RecorderError>) {
         guard let parked = held, parked.stage == .awaitingCommit, !isClosed else { return }
         held = nil
         switch result {
@@ -247,7 +270,6 @@ extension ClientSession: BackendDelegate {
                 ErrorFields(severity: "ERROR", sqlstate: "58030", message: "Custos cannot record this statement: the store is unavailable; it was not run"),
                 simple: parked.frame.type == UInt8(ascii: "Q"))
         }
-        drainQueue()
     }
 
     /// Answers a statement in the backend's place, in order with the responses still due.

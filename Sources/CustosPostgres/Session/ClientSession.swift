@@ -71,6 +71,8 @@ final class ClientSession: ChannelInboundHandler {
     var cancelsInFlight = 0
     /// Client input waits: a statement is held, or a cancel of the gateway's own is on its way.
     var inputPaused: Bool { held != nil || cancelsInFlight > 0 }
+    /// Whether the recorder answered a write-ahead `append` before returning (see `submit`).
+    var inlineCommit = InlineCommit.none
     var queued = CircularBuffer<PostgresFrame>()
     /// After a refused extended-protocol message, client messages are dropped until Sync, as PostgreSQL does.
     var skippingUntilSync = false
@@ -560,4 +562,11 @@ extension Result {
         if case .success = self { return true }
         return false
     }
+}
+
+/// A write-ahead `append` under way in `submit`, and its result if it completed before returning.
+enum InlineCommit {
+    case none
+    case awaiting
+    case done(Result<Void, RecorderError>)
 }
