@@ -127,9 +127,26 @@ public enum EventChain {
 
     /// The event hash over its header fields and payload hash.
     public static func eventHash(writerID: String, seq: Int64, at: String, sessionID: String, kind: String, payloadHash: String, prevHash: String) -> String {
-        let header = "custos.event.v1\n\(writerID)\n\(seq)\n\(at)\n\(sessionID)\n\(kind)\n\(payloadHash)\n\(prevHash)"
-        return sha256Hex(header.utf8)
+        // The header's bytes, written into one buffer (this runs for every event, under the writer's lock).
+        var header: [UInt8] = []
+        header.reserveCapacity(64 + writerID.utf8.count + at.utf8.count + sessionID.utf8.count + kind.utf8.count + 2 * 64)
+        header.append(contentsOf: headerLabel)
+        func line(_ field: String) {
+            header.append(contentsOf: field.utf8)
+            header.append(0x0A)
+        }
+        line(writerID)
+        CanonicalJSON.writeInt(seq, into: &header)
+        header.append(0x0A)
+        line(at)
+        line(sessionID)
+        line(kind)
+        line(payloadHash)
+        header.append(contentsOf: prevHash.utf8)
+        return header.withUnsafeBytes { sha256Hex($0) }
     }
+
+    private static let headerLabel = Array("custos.event.v1\n".utf8)
 
     /// The parts of an event that do not depend on its place in a chain: computed before the
     /// writer's lock is taken, so that only the header hash is computed under it.
