@@ -84,7 +84,10 @@ final class EventJournal {
     }
 
     /// Continues in a new file; the current one is removed once the store holds `lastSeq`.
-    func rotate(lastSeq: Int64) throws {
+    /// Returns the previous file's descriptor for the caller to close outside the writer's lock:
+    /// closing a file just written can start its write-back (ext4 does on a file it saw
+    /// truncated), and statements must not wait for that.
+    func rotate(lastSeq: Int64) throws -> Int32 {
         let previous = (path: currentPath, fd: fd)
         number += 1
         do {
@@ -94,8 +97,8 @@ final class EventJournal {
             fd = previous.fd
             throw error
         }
-        Glibc.close(previous.fd)
         retired.append((previous.path, lastSeq))
+        return previous.fd
     }
 
     /// The retired files whose events the store now holds (through `loadedSeq`): the caller

@@ -299,6 +299,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
 
             condition.lock()
             var remove: [String] = []
+            var retiredFile: Int32?
             if loaded {
                 unloaded.removeFirst(batch.count)
                 unloadedSince = unloaded.isEmpty ? nil : Date()
@@ -310,7 +311,7 @@ public final class EventWriter: Recorder, @unchecked Sendable {
             }
             if journal.offset >= journalFileBytes, !final {
                 do {
-                    try journal.rotate(lastSeq: seq)
+                    retiredFile = try journal.rotate(lastSeq: seq)
                 } catch {
                     logger.error("event journal not rotated", metadata: ["error": "\(error)"])
                 }
@@ -324,8 +325,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
                 journal.close(remove: unloaded.isEmpty && lazy.isEmpty)
                 break
             }
-            if !remove.isEmpty {
+            if retiredFile != nil || !remove.isEmpty {
                 condition.unlock()
+                if let retiredFile { Glibc.close(retiredFile) }
                 for path in remove { unlink(path) }
                 condition.lock()
             }
