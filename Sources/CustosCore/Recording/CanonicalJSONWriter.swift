@@ -93,6 +93,16 @@ public struct CanonicalJSONWriter {
         needsComma = true
     }
 
+    /// An object of two string members, keys in canonical order.
+    public mutating func object(_ first: StaticString, _ a: String?, _ second: StaticString, _ b: String?) {
+        beginObject()
+        key(first)
+        string(a)
+        key(second)
+        string(b)
+        endObject()
+    }
+
     /// A value given as a tree.
     public mutating func value(_ value: CanonicalJSON) {
         separate()

@@ -200,29 +200,11 @@ public struct SessionEvents: Sendable {
         json.key("command_tag")
         json.string(outcome.commandTag)
         json.key("digest")
-        if let digest = outcome.digest {
-            json.beginObject()
-            json.key("multiset")
-            json.string(digest.multiset)
-            json.key("ordered")
-            json.string(digest.ordered)
-            json.endObject()
-        } else {
-            json.null()
-        }
+        if let digest = outcome.digest { json.object("multiset", digest.multiset, "ordered", digest.ordered) } else { json.null() }
         json.key("duration_us")
         json.int(outcome.durationMicros)
         json.key("error")
-        if let code = outcome.errorCode {
-            json.beginObject()
-            json.key("message")
-            json.string(outcome.errorMessage)
-            json.key("sqlstate")
-            json.string(code)
-            json.endObject()
-        } else {
-            json.null()
-        }
+        if let code = outcome.errorCode { json.object("message", outcome.errorMessage, "sqlstate", code) } else { json.null() }
         json.key("rows")
         json.int(outcome.rows)
         json.key("sample")
