@@ -74,6 +74,25 @@ struct PayloadWriterTests {
         }
     }
 
+    @Test("the writer nests objects and arrays with commas where they belong, one-character keys included")
+    func writerNesting() {
+        var json = CanonicalJSONWriter()
+        json.beginObject()
+        json.key("a")
+        json.beginArray()
+        json.beginArray()
+        json.endArray()
+        json.object("k", nil, "v", "x")
+        json.int(-1)
+        json.endArray()
+        json.key("b")
+        json.value(["z": true, "y": .null])
+        json.key("c")
+        json.bool(false)
+        json.endObject()
+        #expect(String(decoding: json.bytes, as: UTF8.self) == #"{"a":[[],{"k":null,"v":"x"},-1],"b":{"y":null,"z":true},"c":false}"#)
+    }
+
     @Test("integers print as Swift prints them, both extremes included")
     func integers() {
         for value: Int64 in [0, 7, -7, 10, 1_000_000, .max, .min, .min + 1] {

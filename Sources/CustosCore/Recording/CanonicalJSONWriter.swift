@@ -49,15 +49,17 @@ public struct CanonicalJSONWriter {
     /// The next member's key; its value follows.
     public mutating func key(_ key: StaticString) {
         separate()
-        let utf8 = UnsafeBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount)
-        #if DEBUG
-        let previous = lastKeys[lastKeys.count - 1]
-        assert(previous.map { $0.lexicographicallyPrecedes(utf8) } ?? true, "canonical JSON keys out of order at \(key)")
-        lastKeys[lastKeys.count - 1] = Array(utf8)
-        #endif
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(contentsOf: utf8)  // keys are plain ASCII: nothing to escape
-        bytes.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        // withUTF8Buffer, not utf8Start: a one-character literal may be stored as a scalar.
+        key.withUTF8Buffer { utf8 in
+            #if DEBUG
+            let previous = lastKeys[lastKeys.count - 1]
+            assert(previous.map { $0.lexicographicallyPrecedes(utf8) } ?? true, "canonical JSON keys out of order")
+            lastKeys[lastKeys.count - 1] = Array(utf8)
+            #endif
+            bytes.append(UInt8(ascii: "\""))
+            bytes.append(contentsOf: utf8)  // keys are plain ASCII: nothing to escape
+            bytes.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        }
         needsComma = false
     }
 
