@@ -74,6 +74,25 @@ struct PayloadWriterTests {
         }
     }
 
+    @Test("a session.open payload is byte for byte its tree form, with and without a backend", arguments: [false, true])
+    func openPayload(withBackend: Bool) {
+        let events = SessionEvents(sessionID: "s-1")
+        let client = SessionEvents.Client(address: "127.0.0.1:5", database: "db \"x\"", startupUser: "agent", applicationName: nil)
+        let identity = Identity(
+            subject: "sub\n1", email: "a@example.com", groups: ["b", "a"], issuer: "https://issuer", tokenID: nil,
+            expiresAt: Date(timeIntervalSince1970: 1_800_000_000), actors: ["bot"])
+        let connection = ConnectionTarget(name: "main", kind: "postgres", allowGroups: ["a"])
+        let decision = Decision(verdict: .allow, rule: "connection.groups", policy: "p1")
+        let backend = withBackend ? SessionEvents.Backend(processID: 4242, reused: true) : nil
+        var tree: [String: CanonicalJSON] = [
+            "client": SessionEvents.client(client), "connection": "main", "identity": SessionEvents.identity(identity),
+            "decision": Self.decisionTree(decision),
+        ]
+        if let backend { tree["backend"] = ["pid": .int(Int64(backend.processID)), "reused": .bool(backend.reused)] }
+        let draft = events.open(client: client, identity: identity, connection: connection, decision: decision, backend: backend)
+        #expect(String(decoding: draft.payload, as: UTF8.self) == CanonicalJSON.object(tree).text)
+    }
+
     @Test("the writer nests objects and arrays with commas where they belong, one-character keys included")
     func writerNesting() {
         var json = CanonicalJSONWriter()

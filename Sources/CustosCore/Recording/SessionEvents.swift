@@ -44,16 +44,28 @@ public struct SessionEvents: Sendable {
             id: sessionID, connection: connection.name, database: client.database, startupUser: client.startupUser,
             subject: identity.subject, email: identity.email, issuer: identity.issuer, groups: identity.groups,
             clientAddress: client.address, applicationName: client.applicationName, startedAt: Timestamp.format(at), outcome: "open")
-        var fields: [String: CanonicalJSON] = [
-            "client": Self.client(client),
-            "connection": .string(connection.name),
-            "identity": Self.identity(identity),
-            "decision": Self.decision(decision),
-        ]
+        // Written member by member, in canonical key order, so the decision has one definition (`write`).
+        var json = CanonicalJSONWriter()
+        json.beginObject()
         if let backend {
-            fields["backend"] = ["pid": .int(Int64(backend.processID)), "reused": .bool(backend.reused)]
+            json.key("backend")
+            json.beginObject()
+            json.key("pid")
+            json.int(Int64(backend.processID))
+            json.key("reused")
+            json.bool(backend.reused)
+            json.endObject()
         }
-        return EventDraft(kind: .sessionOpen, sessionID: sessionID, at: at, payload: .object(fields), index: .open(summary))
+        json.key("client")
+        json.value(Self.client(client))
+        json.key("connection")
+        json.string(connection.name)
+        json.key("decision")
+        Self.write(decision, into: &json)
+        json.key("identity")
+        json.value(Self.identity(identity))
+        json.endObject()
+        return EventDraft(kind: .sessionOpen, sessionID: sessionID, at: at, canonicalPayload: json.bytes, index: .open(summary))
     }
 
     /// A connection attempt was refused before a session existed (bad token, not allowed, …).
@@ -271,17 +283,5 @@ public struct SessionEvents: Sendable {
         json.key("verdict")
         json.string(decision.verdict.rawValue)
         json.endObject()
-    }
-
-    static func decision(_ decision: Decision) -> CanonicalJSON {
-        var fields: [String: CanonicalJSON] = [
-            "verdict": .string(decision.verdict.rawValue),
-            "rule": .optional(decision.rule),
-            "policy": .optional(decision.policy),
-            "message": .optional(decision.message),
-        ]
-        // Only a statement released by an approval names it.
-        if let approval = decision.approval { fields["approval"] = .string(approval) }
-        return .object(fields)
     }
 }
