@@ -7,6 +7,7 @@ import json
 import shutil
 import sqlite3
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -146,3 +147,11 @@ def test_python_canonical_form_matches_the_gateways(gateway, two_sessions):
         assert canonical_json(json.loads(e["payload"])) == e["payload"]
         assert sha256_hex(e["payload"].encode()) == e["payload_hash"]
         assert event_hash(e["writer_id"], e["seq"], e["at"], e["session_id"], e["kind"], e["payload_hash"], e["prev_hash"]) == e["hash"]
+
+
+def test_threads_are_named_for_operators(gateway, two_sessions):
+    """top -H and scripts/bench tell the store loader's CPU from the event loops' by thread name."""
+    tasks = Path(f"/proc/{gateway.proc.pid}/task")
+    names = sorted(Path(task, "comm").read_text().strip() for task in tasks.iterdir())
+    assert names.count("custos-loader") == 1, names
+    assert any(name.startswith("NIO-ELT-") for name in names), names

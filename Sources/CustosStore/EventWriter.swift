@@ -108,7 +108,6 @@ public final class EventWriter: Recorder, @unchecked Sendable {
         // The thread keeps the writer alive until `stop()`: a writer dropped without stopping (a
         // gateway whose set-up failed later) must not leave its thread reading freed memory.
         let thread = Thread { [self] in self.run() }
-        thread.name = "custos-event-loader"
         self.thread = thread
         thread.start()
     }
@@ -257,6 +256,9 @@ public final class EventWriter: Recorder, @unchecked Sendable {
     /// The loader: waits for written events (up to `loadWindow`, so that a busy gateway loads many
     /// per transaction), writes lazy events that waited `lazyWindow`, and loads.
     private func run() {
+        // Foundation names the kernel thread (what top -H and scripts/bench read) only when the
+        // name is set on the thread itself; 15 bytes at most.
+        Thread.current.name = "custos-loader"
         condition.lock()
         while true {
             while !stopping && !checkpointRequested && !indexRequested {
