@@ -41,6 +41,13 @@ struct CachedStatement: Sendable {
     }
 }
 
+/// A cache entry: the input's statements, and whether the key is also the text they were
+/// analysed from (`verbatim`: an input without literals, which normalizes to itself).
+struct CacheEntry: Sendable {
+    var statements: [CachedStatement]
+    var verbatim: Bool
+}
+
 /// A bounded map from a whole input's normalized text to its statements' analyses.
 ///
 /// Keyed by normalized text because pgbench-style traffic sends a new literal every time, so exact
@@ -49,9 +56,10 @@ struct CachedStatement: Sendable {
 /// is promoted. Hot entries survive, memory stays under `capacity` entries, and no per-hit
 /// bookkeeping is needed under the lock.
 final class AnalysisCache: Sendable {
+    private typealias Generation = [String: CacheEntry]
     private struct Generations {
-        var current: [String: [CachedStatement]] = [:]
-        var previous: [String: [CachedStatement]] = [:]
+        var current: Generation = [:]
+        var previous: Generation = [:]
     }
 
     /// Inputs whose normalized text is longer than this are not cached: they are rare and would
@@ -65,9 +73,9 @@ final class AnalysisCache: Sendable {
         self.capacity = max(capacity, 2)
     }
 
-    func lookup(_ key: String) -> [CachedStatement]? {
-        var retired: [String: [CachedStatement]] = [:]
-        let found: [CachedStatement]? = generations.withLock { state in
+    func lookup(_ key: String) -> CacheEntry? {
+        var retired: Generation = [:]
+        let found: CacheEntry? = generations.withLock { state in
             if let hit = state.current[key] { return hit }
             guard let hit = state.previous[key] else { return nil }
             retired = Self.insert(&state, key: key, value: hit, generationSize: capacity / 2)
@@ -77,9 +85,9 @@ final class AnalysisCache: Sendable {
         return found
     }
 
-    func store(_ key: String, _ value: [CachedStatement]) {
+    func store(_ key: String, _ value: CacheEntry) {
         guard key.utf8.count <= Self.maximumKeyBytes else { return }
-        var retired: [String: [CachedStatement]] = [:]
+        var retired: Generation = [:]
         generations.withLock { state in
             retired = Self.insert(&state, key: key, value: value, generationSize: capacity / 2)
         }
@@ -93,9 +101,9 @@ final class AnalysisCache: Sendable {
     /// Inserts into `current`, rotating generations when it is full; returns the dropped generation
     /// so that the caller frees it after releasing the lock.
     private static func insert(
-        _ state: inout Generations, key: String, value: [CachedStatement], generationSize: Int
-    ) -> [String: [CachedStatement]] {
-        var retired: [String: [CachedStatement]] = [:]
+        _ state: inout Generations, key: String, value: CacheEntry, generationSize: Int
+    ) -> Generation {
+        var retired: Generation = [:]
         if state.current.count >= generationSize, state.current[key] == nil {
             retired = state.previous
             state.previous = state.current

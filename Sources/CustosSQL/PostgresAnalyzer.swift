@@ -16,10 +16,11 @@ import CustosCore
 ///
 /// Results are cached by the input's normalized text (literals replaced by placeholders), so a
 /// repeated statement shape costs one `pg_query_normalize` and a dictionary lookup whatever its
-/// literals; `text` is always the caller's own. The analyzer is a value; copies share the cache.
+/// literals, and a repeated text without literals (normalized, it is itself) only the lookup;
+/// `text` is always the caller's own. The analyzer is a value; copies share the cache.
 /// It is safe to use from any number of threads at once.
 public struct PostgresAnalyzer: StatementAnalyzer {
-    private let cache: AnalysisCache?
+    let cache: AnalysisCache?
 
     /// - Parameter cacheCapacity: how many distinct normalized inputs to remember (0 disables the
     ///   cache).
@@ -64,15 +65,23 @@ public struct PostgresAnalyzer: StatementAnalyzer {
 
     private func analyzeInline(_ sql: String) -> [StatementInfo] {
         sql.withCString { cString in
+            // Text without literals (extended-protocol statements with `$n` parameters, BEGIN,
+            // COMMIT) is its own key: an entry stored from this very text needs no normalizing.
+            // Only such an entry: another text may normalize to this one and parse differently.
+            if let entry = cache?.lookup(sql), entry.verbatim, let infos = Self.materialize(entry.statements, sql: sql, cString: cString) {
+                return infos
+            }
             // Normalizing parses: text it rejects is unparseable, and no further work is needed.
             guard let normalized = PgQuery.normalize(cString) else { return [Self.unparseable(sql)] }
-            if let cached = cache?.lookup(normalized), let infos = Self.materialize(cached, sql: sql, cString: cString) {
+            let verbatim = normalized == sql
+            if let entry = cache?.lookup(normalized), let infos = Self.materialize(entry.statements, sql: sql, cString: cString) {
+                if verbatim, !entry.verbatim { cache?.store(normalized, CacheEntry(statements: entry.statements, verbatim: true)) }
                 return infos
             }
             guard let (statements, cacheable) = Self.analyzeCold(sql: sql, cString: cString, normalized: normalized) else {
                 return [Self.unparseable(sql)]
             }
-            if cacheable { cache?.store(normalized, statements.map(\.cached)) }
+            if cacheable { cache?.store(normalized, CacheEntry(statements: statements.map(\.cached), verbatim: verbatim)) }
             return statements.map { $0.cached.info(text: $0.text) }
         }
     }

@@ -84,6 +84,43 @@ struct PostgresAnalyzerTests {
         #expect(multiFirst.map(\.fingerprint) == multiSecond.map(\.fingerprint))
     }
 
+    @Test("text without literals is its own cache key; text with literals is not")
+    func verbatimEntries() throws {
+        let analyzer = PostgresAnalyzer()
+        let parameterized = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        let first = analyzer.analyze(parameterized)
+        #expect(try #require(analyzer.cache?.lookup(parameterized)).verbatim)
+        #expect(analyzer.analyze(parameterized) == first)
+        #expect(analyzer.analyze("BEGIN;") == PostgresAnalyzer(cacheCapacity: 0).analyze("BEGIN;"))
+        #expect(try #require(analyzer.cache?.lookup("BEGIN;")).verbatim)
+
+        let literal = "SELECT abalance FROM pgbench_accounts WHERE aid = 42"
+        _ = analyzer.analyze(literal)
+        #expect(analyzer.cache?.lookup(literal) == nil)
+        let other = PostgresAnalyzer()
+        _ = other.analyze(literal)
+        #expect(try #require(other.cache?.lookup(parameterized)).verbatim == false)
+        // The same text later, without literals, marks the entry its own.
+        #expect(other.analyze(parameterized) == first)
+        #expect(try #require(other.cache?.lookup(parameterized)).verbatim)
+    }
+
+    @Test("only an entry stored from the very same text is used without normalizing")
+    func onlyVerbatimEntriesSkipNormalizing() throws {
+        let analyzer = PostgresAnalyzer()
+        let cache = try #require(analyzer.cache)
+        // Keys are normalized texts; an entry that is not the key's own must not answer for a
+        // text that happens to equal its key (normalizing that text may give another key).
+        let bogus = CachedStatement(StatementFacts(kind: "bogus"), normalized: "SELECT 1", fingerprint: "")
+        cache.store("SELECT 1", CacheEntry(statements: [bogus], verbatim: false))
+        let info = try #require(analyzer.analyze("SELECT 1").first)
+        #expect(info.kind == "select")
+        #expect(info.normalized == "SELECT $1")
+        // The same entry marked as the text's own is used as it is: the fast path is real.
+        cache.store("SELECT 1", CacheEntry(statements: [bogus], verbatim: true))
+        #expect(analyzer.analyze("SELECT 1").first?.kind == "bogus")
+    }
+
     @Test("set_config results depend on the literal and are never shared through the cache")
     func setConfigNotConflated() {
         let analyzer = PostgresAnalyzer()
@@ -97,7 +134,7 @@ struct PostgresAnalyzerTests {
     @Test("the cache stays within its capacity")
     func cacheBounded() {
         let cache = AnalysisCache(capacity: 8)
-        for index in 0..<100 { cache.store("key \(index)", []) }
+        for index in 0..<100 { cache.store("key \(index)", CacheEntry(statements: [], verbatim: false)) }
         #expect(cache.count <= 8)
         #expect(cache.lookup("key 99") != nil)
         #expect(cache.lookup("key 0") == nil)
