@@ -48,6 +48,24 @@ struct CacheEntry: Sendable {
     var verbatim: Bool
 }
 
+/// A cache key compared byte for byte. Swift's `String` equality is Unicode canonical
+/// equivalence, but PostgreSQL compares identifiers as bytes: `"café"` composed and decomposed
+/// name two tables, and must not share an analysis.
+struct CacheKey: Hashable, Sendable {
+    let text: String
+
+    static func == (lhs: CacheKey, rhs: CacheKey) -> Bool {
+        lhs.text.utf8.elementsEqual(rhs.text.utf8)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        let hashed: Void? = text.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        if hashed == nil {
+            for byte in text.utf8 { hasher.combine(byte) }
+        }
+    }
+}
+
 /// A bounded map from a whole input's normalized text to its statements' analyses.
 ///
 /// Keyed by normalized text because pgbench-style traffic sends a new literal every time, so exact
@@ -56,7 +74,7 @@ struct CacheEntry: Sendable {
 /// is promoted. Hot entries survive, memory stays under `capacity` entries, and no per-hit
 /// bookkeeping is needed under the lock.
 final class AnalysisCache: Sendable {
-    private typealias Generation = [String: CacheEntry]
+    private typealias Generation = [CacheKey: CacheEntry]
     private struct Generations {
         var current: Generation = [:]
         var previous: Generation = [:]
@@ -73,7 +91,8 @@ final class AnalysisCache: Sendable {
         self.capacity = max(capacity, 2)
     }
 
-    func lookup(_ key: String) -> CacheEntry? {
+    func lookup(_ text: String) -> CacheEntry? {
+        let key = CacheKey(text: text)
         var retired: Generation = [:]
         let found: CacheEntry? = generations.withLock { state in
             if let hit = state.current[key] { return hit }
@@ -85,8 +104,9 @@ final class AnalysisCache: Sendable {
         return found
     }
 
-    func store(_ key: String, _ value: CacheEntry) {
-        guard key.utf8.count <= Self.maximumKeyBytes else { return }
+    func store(_ text: String, _ value: CacheEntry) {
+        guard text.utf8.count <= Self.maximumKeyBytes else { return }
+        let key = CacheKey(text: text)
         var retired: Generation = [:]
         generations.withLock { state in
             retired = Self.insert(&state, key: key, value: value, generationSize: capacity / 2)
@@ -101,7 +121,7 @@ final class AnalysisCache: Sendable {
     /// Inserts into `current`, rotating generations when it is full; returns the dropped generation
     /// so that the caller frees it after releasing the lock.
     private static func insert(
-        _ state: inout Generations, key: String, value: CacheEntry, generationSize: Int
+        _ state: inout Generations, key: CacheKey, value: CacheEntry, generationSize: Int
     ) -> Generation {
         var retired: Generation = [:]
         if state.current.count >= generationSize, state.current[key] == nil {

@@ -73,7 +73,7 @@ public struct PostgresAnalyzer: StatementAnalyzer {
             }
             // Normalizing parses: text it rejects is unparseable, and no further work is needed.
             guard let normalized = PgQuery.normalize(cString) else { return [Self.unparseable(sql)] }
-            let verbatim = normalized == sql
+            let verbatim = normalized.utf8.elementsEqual(sql.utf8)
             if let entry = cache?.lookup(normalized), let infos = Self.materialize(entry.statements, sql: sql, cString: cString) {
                 if verbatim, !entry.verbatim { cache?.store(normalized, CacheEntry(statements: entry.statements, verbatim: true)) }
                 return infos

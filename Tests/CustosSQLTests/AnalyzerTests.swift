@@ -121,6 +121,25 @@ struct PostgresAnalyzerTests {
         #expect(analyzer.analyze("SELECT 1").first?.kind == "bogus")
     }
 
+    @Test("texts that differ only in Unicode normalization are different statements to the cache")
+    func cacheComparesBytes() throws {
+        // PostgreSQL compares identifiers byte for byte: "café" composed and decomposed name two
+        // tables, though Swift's String equality calls them equal.
+        let composed = "caf\u{E9}"
+        let decomposed = "cafe\u{301}"
+        for (one, two) in [
+            ("SELECT * FROM \"\(composed)\"", "SELECT * FROM \"\(decomposed)\""),
+            ("SELECT * FROM \"\(composed)\" WHERE id = 1", "SELECT * FROM \"\(decomposed)\" WHERE id = 2"),
+        ] {
+            let analyzer = PostgresAnalyzer()
+            let first = try #require(analyzer.analyze(one).first)
+            let second = try #require(analyzer.analyze(two).first)
+            #expect(first.tablesRead.map { Array($0.utf8) } == [Array(composed.utf8)])
+            #expect(second.tablesRead.map { Array($0.utf8) } == [Array(decomposed.utf8)], Comment(rawValue: two))
+            #expect(Array(second.normalized.utf8).contains(Array(decomposed.utf8)))
+        }
+    }
+
     @Test("set_config results depend on the literal and are never shared through the cache")
     func setConfigNotConflated() {
         let analyzer = PostgresAnalyzer()
