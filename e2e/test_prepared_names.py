@@ -92,3 +92,46 @@ def test_a_refused_sql_prepare_does_not_rename_a_write(strict, mint, direct, app
         assert errors_in(bad)[0]["C"] == "42P01", bad
         denied = exchange(wire, (b"Q", cstr("EXECUTE q")))
         assert errors_in(denied)[0]["C"] == "42501", denied
+
+
+def close_statement(name: str) -> tuple[bytes, bytes]:
+    return b"C", b"S" + cstr(name)
+
+
+def test_names_that_differ_only_in_unicode_normalization_are_two_statements(strict, mint, direct):
+    """PostgreSQL compares statement names byte for byte; "sé" composed and decomposed are two
+    names, and closing or defining one must not touch what the gateway knows of the other."""
+    composed, decomposed = "s\u00e9", "se\u0301"
+    marker = "prepared-unicode"
+    with direct() as conn:
+        conn.execute("INSERT INTO events_log (source, level, message) VALUES ('e2e', 'info', %s)", (marker,))
+    with WireClient(strict.port) as wire:
+        login(wire, mint(sub="agent-1", groups=["agents"]))
+        defined = exchange(wire, parse(decomposed, f"DELETE FROM events_log WHERE message = '{marker}'"), SYNC)
+        assert [t for t, _ in defined] == [b"1", b"Z"], defined
+        # Closing the composed name (the backend has none; not an error) leaves the decomposed DELETE.
+        closed = exchange(wire, close_statement(composed), SYNC)
+        assert [t for t, _ in closed] == [b"3", b"Z"], closed
+        read = exchange(wire, parse(composed, "SELECT 1"), SYNC)
+        assert [t for t, _ in read] == [b"1", b"Z"], read
+        # The decomposed name is the DELETE: decided as a write (review, no approver: refused).
+        write = exchange(wire, bind("", decomposed), execute(), SYNC)
+        assert not any(tag.startswith("DELETE") for tag in command_complete_tags(write)), write
+        assert errors_in(write), write
+        # The composed name is the read, and runs.
+        ran = exchange(wire, bind("", composed), execute(), SYNC)
+        assert command_complete_tags(ran) == ["SELECT 1"], ran
+    with direct() as conn:
+        assert conn.execute("SELECT count(*) FROM events_log WHERE message = %s", (marker,)).fetchone()[0] == 1
+
+
+def test_a_name_that_is_not_utf8_is_a_protocol_violation(strict, mint):
+    """Names are compared as the gateway decodes them: two invalid byte sequences must not become
+    one name, so a name that is not UTF-8 ends the session (as the backend would refuse it)."""
+    with WireClient(strict.port) as wire:
+        login(wire, mint(sub="agent-1", groups=["agents"]))
+        for type_, body in ((b"P", b"s\xff\0SELECT 1\0" + struct.pack("!h", 0)), SYNC):
+            wire.send(type_, body)
+        messages, eof = wire.recv_all()
+    assert eof, messages
+    assert [(e["S"], e["C"]) for e in errors_in(messages)] == [("FATAL", "08P01")], messages

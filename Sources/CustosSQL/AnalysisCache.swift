@@ -48,25 +48,9 @@ struct CacheEntry: Sendable {
     var verbatim: Bool
 }
 
-/// A cache key compared byte for byte. Swift's `String` equality is Unicode canonical
-/// equivalence, but PostgreSQL compares identifiers as bytes: `"café"` composed and decomposed
-/// name two tables, and must not share an analysis.
-struct CacheKey: Hashable, Sendable {
-    let text: String
-
-    static func == (lhs: CacheKey, rhs: CacheKey) -> Bool {
-        lhs.text.utf8.elementsEqual(rhs.text.utf8)
-    }
-
-    func hash(into hasher: inout Hasher) {
-        let hashed: Void? = text.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
-        if hashed == nil {
-            for byte in text.utf8 { hasher.combine(byte) }
-        }
-    }
-}
-
-/// A bounded map from a whole input's normalized text to its statements' analyses.
+/// A bounded map from a whole input's normalized text to its statements' analyses. Keys compare
+/// as bytes (``ExactText``): texts that differ only in Unicode normalization name different
+/// tables to PostgreSQL.
 ///
 /// Keyed by normalized text because pgbench-style traffic sends a new literal every time, so exact
 /// text rarely repeats. Eviction is two generations rather than LRU: inserts go to `current`; when
@@ -74,7 +58,7 @@ struct CacheKey: Hashable, Sendable {
 /// is promoted. Hot entries survive, memory stays under `capacity` entries, and no per-hit
 /// bookkeeping is needed under the lock.
 final class AnalysisCache: Sendable {
-    private typealias Generation = [CacheKey: CacheEntry]
+    private typealias Generation = [ExactText: CacheEntry]
     private struct Generations {
         var current: Generation = [:]
         var previous: Generation = [:]
@@ -92,7 +76,7 @@ final class AnalysisCache: Sendable {
     }
 
     func lookup(_ text: String) -> CacheEntry? {
-        let key = CacheKey(text: text)
+        let key = ExactText(text)
         var retired: Generation = [:]
         let found: CacheEntry? = generations.withLock { state in
             if let hit = state.current[key] { return hit }
@@ -106,7 +90,7 @@ final class AnalysisCache: Sendable {
 
     func store(_ text: String, _ value: CacheEntry) {
         guard text.utf8.count <= Self.maximumKeyBytes else { return }
-        let key = CacheKey(text: text)
+        let key = ExactText(text)
         var retired: Generation = [:]
         generations.withLock { state in
             retired = Self.insert(&state, key: key, value: value, generationSize: capacity / 2)
@@ -121,7 +105,7 @@ final class AnalysisCache: Sendable {
     /// Inserts into `current`, rotating generations when it is full; returns the dropped generation
     /// so that the caller frees it after releasing the lock.
     private static func insert(
-        _ state: inout Generations, key: CacheKey, value: CacheEntry, generationSize: Int
+        _ state: inout Generations, key: ExactText, value: CacheEntry, generationSize: Int
     ) -> Generation {
         var retired: Generation = [:]
         if state.current.count >= generationSize, state.current[key] == nil {

@@ -103,6 +103,28 @@ struct CodecTests {
         #expect(throws: WireError(.unsupportedProtocol)) { try StartupPacket.decode(&version2) }
     }
 
+    @Test("statement and portal names that are not UTF-8 are refused; other names keep their bytes")
+    func names() throws {
+        let bad: [UInt8] = [UInt8(ascii: "s"), 0xFF, 0]
+        let bodies: [(UInt8, [UInt8])] = [
+            (UInt8(ascii: "P"), bad + Array("SELECT 1".utf8) + [0, 0, 0]),
+            (UInt8(ascii: "B"), bad + [0, 0, 0, 0, 0, 0, 0]),
+            (UInt8(ascii: "B"), [0] + bad + [0, 0, 0, 0, 0, 0]),
+            (UInt8(ascii: "E"), bad + [0, 0, 0, 0]),
+            (UInt8(ascii: "C"), [UInt8(ascii: "S")] + bad),
+            (UInt8(ascii: "D"), [UInt8(ascii: "P")] + bad),
+        ]
+        for (type, body) in bodies {
+            let frame = PostgresFrame(type: type, body: ByteBuffer(bytes: body))
+            #expect(throws: WireError(.badName, type: type)) { try FrontendMessage.decode(frame) }
+        }
+        // A name decomposed stays decomposed: its bytes, not a canonically equal spelling.
+        let decomposed = Array("se\u{301}".utf8)
+        let frame = PostgresFrame(type: UInt8(ascii: "E"), body: ByteBuffer(bytes: decomposed + [0, 0, 0, 0, 0]))
+        guard case .execute(let portal, _) = try FrontendMessage.decode(frame) else { Issue.record("not an Execute"); return }
+        #expect(Array(portal.utf8) == decomposed)
+    }
+
     @Test("a frame keeps its raw bytes for forwarding untouched")
     func rawBytesKept() throws {
         var buffer = ByteBuffer()

@@ -84,35 +84,35 @@ extension ClientSession: BackendDelegate {
             // Analysed once here; every Execute of it reuses the analysis. A named statement that
             // exists cannot be redefined (the backend refuses the Parse and keeps the old one):
             // its name becomes opaque rather than taking the new text, which the backend never ran.
-            if !parse.statement.isEmpty, preparedStatements[parse.statement] != nil {
-                preparedStatements[parse.statement] = Prepared.unknown(parse.statement)
+            if !parse.statement.isEmpty, preparedStatements[exact: parse.statement] != nil {
+                preparedStatements[exact: parse.statement] = Prepared.unknown(parse.statement)
             } else {
-                preparedStatements[parse.statement] = Prepared(
+                preparedStatements[exact: parse.statement] = Prepared(
                     text: parse.query, statements: resolvePrepared(gateway.gate.analyze(parse.query)), parameterTypes: parse.parameterTypes)
             }
             forward(frame, expecting: .parse(parse.statement))
         case .bind(let bind):
-            let prepared = preparedStatements[bind.statement] ?? Prepared.unknown(bind.statement)
+            let prepared = preparedStatements[exact: bind.statement] ?? Prepared.unknown(bind.statement)
             let parameters = bind.parameters.enumerated().map { index, value in Self.render(value, format: bind.format(of: index)) }
-            if !bind.portal.isEmpty, portals[bind.portal] != nil {
-                portals[bind.portal] = Prepared.unknown(portal: bind.portal)  // the backend refuses a second Bind of a named portal
+            if !bind.portal.isEmpty, portals[exact: bind.portal] != nil {
+                portals[exact: bind.portal] = Prepared.unknown(portal: bind.portal)  // the backend refuses a second Bind of a named portal
             } else {
                 var action = Action(channel: .extended, text: prepared.text, parameters: parameters, statements: prepared.statements)
                 action.parameterTypes = prepared.parameterTypes.map(Int64.init)
                 action.parameterFormats = bind.parameters.indices.map { Int64(bind.format(of: $0)) }
-                portals[bind.portal] = action
+                portals[exact: bind.portal] = action
             }
-            describedPortals.remove(bind.portal)
+            describedPortals.remove(ExactText(bind.portal))
             forward(frame, expecting: .bind(bind.portal))
         case .describe(let target):
             if target.kind == UInt8(ascii: "S") {
                 forward(frame, expecting: .describeStatement)
             } else {
-                describedPortals.insert(target.name)
+                describedPortals.insert(ExactText(target.name))
                 forward(frame, expecting: .describePortal(target.name))
             }
         case .execute(let portal, _):
-            let action = portals[portal] ?? Prepared.unknown(portal: portal)
+            let action = portals[exact: portal] ?? Prepared.unknown(portal: portal)
             submit(frame, action: action) { statement in
                 var statement = statement!
                 statement.portal = portal
@@ -120,11 +120,11 @@ extension ClientSession: BackendDelegate {
             }
         case .close(let target):
             if target.kind == UInt8(ascii: "S") {
-                preparedStatements[target.name] = nil
+                preparedStatements[exact: target.name] = nil
             } else {
-                portals[target.name] = nil
-                portalPlans[target.name] = nil
-                describedPortals.remove(target.name)
+                portals[exact: target.name] = nil
+                portalPlans[exact: target.name] = nil
+                describedPortals.remove(ExactText(target.name))
             }
             forward(frame, expecting: .close)
         case .sync:
@@ -284,9 +284,9 @@ extension ClientSession: BackendDelegate {
         if var expectation {
             switch expectation {
             case .execute(var statement):
-                if let portal = statement.portal, !describedPortals.contains(portal) {
+                if let portal = statement.portal, !describedPortals.contains(ExactText(portal)) {
                     // Masking and digests need the portal's columns: ask for them first.
-                    describedPortals.insert(portal)
+                    describedPortals.insert(ExactText(portal))
                     var body = ByteBuffer()
                     body.writeInteger(UInt8(ascii: "P"))
                     body.writeCString(portal)
@@ -318,10 +318,10 @@ extension ClientSession: BackendDelegate {
                 recordResult(statement, error: statement.error)
             case .notCreated(let statement, let portal):
                 // Never created at the backend: whatever runs under that name later is unknown.
-                if let statement { preparedStatements[statement] = Prepared.unknown(statement) }
+                if let statement { preparedStatements[exact: statement] = Prepared.unknown(statement) }
                 if let portal {
-                    portals[portal] = Prepared.unknown(portal: portal)
-                    describedPortals.remove(portal)
+                    portals[exact: portal] = Prepared.unknown(portal: portal)
+                    describedPortals.remove(ExactText(portal))
                 }
             case .emit(let error, let ready):
                 // Any error inside a transaction block fails the block, as in PostgreSQL.
@@ -336,7 +336,7 @@ extension ClientSession: BackendDelegate {
     /// as that statement. An unknown name stays opaque.
     func resolvePrepared(_ statements: [StatementInfo]) -> [StatementInfo] {
         statements.map { statement in
-            guard statement.kind == "execute", let name = statement.preparedName, let prepared = sqlPrepared[name] else { return statement }
+            guard statement.kind == "execute", let name = statement.preparedName, let prepared = sqlPrepared[exact: name] else { return statement }
             var resolved = prepared
             resolved.kind = prepared.preparedKind ?? "execute"
             resolved.text = statement.text
@@ -357,7 +357,7 @@ extension ClientSession: BackendDelegate {
             switch statement.kind {
             case "prepare": break
             case "deallocate":
-                if let name = statement.preparedName { sqlPrepared[name] = nil } else { sqlPrepared.removeAll() }
+                if let name = statement.preparedName { sqlPrepared[exact: name] = nil } else { sqlPrepared.removeAll() }
             case "discard": sqlPrepared.removeAll()
             default: break
             }
@@ -368,7 +368,7 @@ extension ClientSession: BackendDelegate {
     func preparedSucceeded(_ number: Int) {
         guard let statements = pendingPrepares.removeValue(forKey: number) else { return }
         for statement in statements where statement.kind == "prepare" {
-            if let name = statement.preparedName { sqlPrepared[name] = statement }
+            if let name = statement.preparedName { sqlPrepared[exact: name] = statement }
         }
     }
 
@@ -408,7 +408,7 @@ extension ClientSession: BackendDelegate {
         if error == nil { preparedSucceeded(statement.number) } else { pendingPrepares[statement.number] = nil }
         if let capture = captures.removeValue(forKey: statement.number) {
             // A result with no rows still names its columns.
-            if capture.columns.isEmpty, let plan = statement.portal.flatMap({ portalPlans[$0] }) { capture.describe(plan) }
+            if capture.columns.isEmpty, let plan = statement.portal.flatMap({ portalPlans[exact: $0] }) { capture.describe(plan) }
             outcome.columns = capture.columns
             outcome.sample = capture.sample
             outcome.digest = (capture.digest.orderedHex, capture.digest.multisetHex)

@@ -47,13 +47,13 @@ extension ClientSession {
                 queryPlan = plan
                 captures[statement.number]?.describe(plan)
             case .describePortal(let portal), .describeInternal(let portal):
-                portalPlans[portal] = plan
+                portalPlans[exact: portal] = plan
             default:
                 break
             }
         case UInt8(ascii: "n"):
             switch tracker.head {
-            case .describePortal(let portal), .describeInternal(let portal): portalPlans[portal] = .empty
+            case .describePortal(let portal), .describeInternal(let portal): portalPlans[exact: portal] = .empty
             default: break
             }
         case UInt8(ascii: "H"):
@@ -231,7 +231,7 @@ extension ClientSession {
         guard let statement = tracker.headStatement else { return nil }
         let plan: RowPlan
         switch tracker.head {
-        case .execute: plan = statement.portal.flatMap { portalPlans[$0] } ?? unknownPlan(frame)
+        case .execute: plan = statement.portal.flatMap { portalPlans[exact: $0] } ?? unknownPlan(frame)
         case .query: plan = queryPlan ?? unknownPlan(frame)
         default: return nil
         }

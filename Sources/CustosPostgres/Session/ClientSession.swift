@@ -53,10 +53,10 @@ final class ClientSession: ChannelInboundHandler {
     // Proxying state (see ClientSession+Proxy.swift).
     var tracker = ResponseTracker()
     var statementCount = 0
-    var preparedStatements: [String: Prepared] = [:]
-    var portals: [String: Action] = [:]
+    var preparedStatements: [ExactText: Prepared] = [:]
+    var portals: [ExactText: Action] = [:]
     /// Statements prepared with SQL `PREPARE`, by name, as analysed (once the PREPARE succeeded).
-    var sqlPrepared: [String: StatementInfo] = [:]
+    var sqlPrepared: [ExactText: StatementInfo] = [:]
     /// Statement strings holding a `PREPARE`, by number, until they complete.
     var pendingPrepares: [Int: [StatementInfo]] = [:]
     /// The client's transaction block failed at the gateway (a refused statement) while the
@@ -83,9 +83,9 @@ final class ClientSession: ChannelInboundHandler {
     /// Table OIDs the catalog could not resolve: their columns are redacted, not asked again.
     var catalogMisses: Set<UInt32> = []
     /// Row plans by portal, from the (client's or gateway's own) Describe of each portal.
-    var portalPlans: [String: RowPlan] = [:]
+    var portalPlans: [ExactText: RowPlan] = [:]
     /// Portals described since their latest Bind; an Execute of any other gets a Describe first.
-    var describedPortals: Set<String> = []
+    var describedPortals: Set<ExactText> = []
     /// The plan of the simple-protocol result set arriving now.
     var queryPlan: RowPlan?
     var copyPlan: CopyPlan?

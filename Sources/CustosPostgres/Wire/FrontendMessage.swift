@@ -111,8 +111,8 @@ public enum FrontendMessage: Sendable, Equatable {
         let message: FrontendMessage
         switch type {
         case UInt8(ascii: "B"):
-            let portal = try body.readCString(type: type)
-            let statement = try body.readCString(type: type)
+            let portal = try body.readName(type: type)
+            let statement = try body.readName(type: type)
             let formats = try readInt16Array(&body, type: type)
             let count = Int(try body.readInt16(type: type))
             var parameters: [ByteBuffer?] = []
@@ -120,7 +120,7 @@ public enum FrontendMessage: Sendable, Equatable {
             let resultFormats = try readInt16Array(&body, type: type)
             message = .bind(Bind(portal: portal, statement: statement, parameterFormats: formats, parameters: parameters, resultFormats: resultFormats))
         case UInt8(ascii: "C"):
-            message = .close(CloseTarget(kind: try body.readByte(type: type), name: try body.readCString(type: type)))
+            message = .close(CloseTarget(kind: try body.readByte(type: type), name: try body.readName(type: type)))
         case UInt8(ascii: "d"):
             message = .copyData(body)
             body.moveReaderIndex(to: body.writerIndex)
@@ -129,9 +129,9 @@ public enum FrontendMessage: Sendable, Equatable {
         case UInt8(ascii: "f"):
             message = .copyFail(message: try body.readCString(type: type))
         case UInt8(ascii: "D"):
-            message = .describe(CloseTarget(kind: try body.readByte(type: type), name: try body.readCString(type: type)))
+            message = .describe(CloseTarget(kind: try body.readByte(type: type), name: try body.readName(type: type)))
         case UInt8(ascii: "E"):
-            message = .execute(portal: try body.readCString(type: type), maxRows: try body.readInt32(type: type))
+            message = .execute(portal: try body.readName(type: type), maxRows: try body.readInt32(type: type))
         case UInt8(ascii: "H"):
             message = .flush
         case UInt8(ascii: "F"):
@@ -143,7 +143,7 @@ public enum FrontendMessage: Sendable, Equatable {
             let resultFormat = try body.readInt16(type: type)
             message = .functionCall(FunctionCall(function: function, argumentFormats: formats, arguments: arguments, resultFormat: resultFormat))
         case UInt8(ascii: "P"):
-            let statement = try body.readCString(type: type)
+            let statement = try body.readName(type: type)
             let query = try body.readCString(type: type)
             let count = Int(try body.readInt16(type: type))
             var types: [UInt32] = []

@@ -10,6 +10,7 @@ public struct WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case truncated = "message shorter than its fields"
         case trailingBytes = "message longer than its fields"
         case badString = "string not terminated or not UTF-8"
+        case badName = "statement or portal name not UTF-8"
         case unsupportedProtocol = "unsupported protocol version"
         case unexpectedMessage = "message not valid in this state"
     }
@@ -41,6 +42,18 @@ extension ByteBuffer {
         let length = nul - self.readerIndex
         guard let text = self.readString(length: length) else { throw WireError(.badString, type: type) }
         self.moveReaderIndex(forwardBy: 1)
+        return text
+    }
+
+    /// Reads a NUL-terminated prepared-statement or portal name, which must be valid UTF-8: the
+    /// gateway keys what it knows of a name by its decoded text, and lossy decoding would make two
+    /// names one (both would read as U+FFFD), so such a name is a protocol violation.
+    mutating func readName(type: UInt8?) throws(WireError) -> String {
+        guard let nul = self.readableBytesView.firstIndex(of: 0) else { throw WireError(.badString, type: type) }
+        let bytes = self.readableBytesView[self.readerIndex..<nul]
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard text.utf8.elementsEqual(bytes) else { throw WireError(.badName, type: type) }
+        self.moveReaderIndex(to: nul + 1)
         return text
     }
 
