@@ -439,10 +439,12 @@ class WireClient:
         except (socket.timeout, TimeoutError):
             return out, False
 
-    def login(self, token: str, database: str = "appdb", user: str = "agent", app: str | None = None) -> list[tuple[bytes, bytes]]:
+    def login(self, token: str, database: str = "appdb", user: str = "agent", app: str | None = None,
+              extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
         params = {"user": user, "database": database}
         if app:
             params["application_name"] = app
+        params.update(extra or {})
         self.send_startup(params)
         first = self.recv()
         if first is None:

@@ -1,3 +1,5 @@
+import CustosCore
+
 /// The tables that turn parse-tree node types and names into policy vocabulary. Kept apart from the
 /// walker so that reviewing "what is privileged" is reading a list, not code.
 enum Classification {
@@ -112,7 +114,8 @@ enum Classification {
 
     /// Settings whose change switches identity or bypasses triggers and constraints: `SET` of them
     /// and `set_config` on them are privileged.
-    static let privilegedSettings: Set<String> = ["role", "session_authorization", "session_replication_role"]
+    static let privilegedSettings = GuardedSettings.privileged
+    static let lexingSettings = GuardedSettings.lexing
 
     /// Administrative, file-reading/-writing and outbound-connection functions (unqualified name,
     /// lowercased; matched whatever the schema, to fail closed).

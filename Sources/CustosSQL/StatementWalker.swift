@@ -255,6 +255,7 @@ final class StatementWalker {
                 if let name = tape.string(fields, "name"), Classification.privilegedSettings.contains(name.lowercased()) {
                     flag(.privileged, context)
                 }
+                if setChangesLexing(fields) { flag(.lexing, context) }
             case .explain:
                 inner.executes = context.executes && explainAnalyzes(fields)
             }
@@ -362,7 +363,43 @@ final class StatementWalker {
         if base == "set_config" {
             literalIndependent = false
             if setConfigChangesPrivilegedSetting(fields) { flag(.privileged, context) }
+            if setConfigChangesLexing(fields) { flag(.lexing, context) }
         }
+    }
+
+    /// `SET`/`SET NAMES` of a lexing setting to anything but a safe literal. `RESET` and `DEFAULT`
+    /// go back to the session's starting value, which the session checked. The decision looks at
+    /// the value, so the analysis is not cached under the normalized text.
+    private func setChangesLexing(_ fields: Int32) -> Bool {
+        guard let name = tape.string(fields, "name")?.lowercased(), Classification.lexingSettings.contains(name) else { return false }
+        literalIndependent = false
+        switch tape.string(fields, "kind") {
+        case "VAR_SET_DEFAULT", "VAR_RESET", "VAR_RESET_ALL": return false
+        case "VAR_SET_VALUE": break
+        default: return true
+        }
+        guard let args = tape.member(fields, "args"), tape.firstChild(args) < tape.end(args),
+            let (type, constant) = tape.wrappedNode(tape.firstChild(args)), type == "A_Const"
+        else { return true }
+        let value: String
+        if let literal = tape.member(constant, "sval") {
+            value = tape.string(literal, "sval") ?? ""
+        } else if let literal = tape.member(constant, "ival") {
+            value = String(tape.int(literal, "ival"))  // libpg_query leaves out a zero
+        } else {
+            return true
+        }
+        return !GuardedSettings.isSafe(name, value: value)
+    }
+
+    /// `set_config` of a lexing setting, whatever the value (an expression may compute it), or of
+    /// a name that is not a string literal (it may be one).
+    private func setConfigChangesLexing(_ fields: Int32) -> Bool {
+        guard let args = tape.member(fields, "args"), tape.firstChild(args) < tape.end(args),
+            let (type, constant) = tape.wrappedNode(tape.firstChild(args)), type == "A_Const"
+        else { return true }
+        guard let literal = tape.member(constant, "sval") else { return false }
+        return Classification.lexingSettings.contains((tape.string(literal, "sval") ?? "").lowercased())
     }
 
     /// `set_config(name, value, is_local)` is privileged when `name` is a privileged setting, or is

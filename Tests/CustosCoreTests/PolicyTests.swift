@@ -70,6 +70,25 @@ struct PolicyTests {
         #expect(named.evaluate([Self.statement("do", flags: [.opaque, .privileged])], identity: Self.dba, connection: "c").decision.verdict == .deny)
     }
 
+    @Test("the gate refuses a statement that changes how SQL is read, whatever the policy allows")
+    func lexingRefusedByTheGate() {
+        struct NoAnalyzer: StatementAnalyzer {
+            func analyze(_ sql: String) -> [StatementInfo] { [] }
+            func literalUses(_ sql: String) -> [LiteralUse] { [] }
+            func copyInfo(_ sql: String) -> CopyInfo? { nil }
+        }
+        let everything = Policy(rules: [PolicyRule(name: "dba-all", groups: ["dba"], flags: Set(StatementInfo.Flag.allCases), verdict: .allow)])
+        let gate = Gate(policy: everything, analyzer: NoAnalyzer())
+        let connection = ConnectionTarget(name: "appdb", kind: "postgres", allowGroups: ["dba"])
+        let set = Action(channel: .simple, text: "SET standard_conforming_strings = off", statements: [Self.statement("set", flags: [.lexing])])
+        let decision = gate.decide(set, by: Self.dba, on: connection)
+        #expect(decision.verdict == .deny)
+        #expect(decision.sqlstate == "0A000")
+        #expect(decision.policy == everything.version)
+        let opaque = Action(channel: .simple, text: "DO $$ $$", statements: [Self.statement("do", flags: [.opaque])])
+        #expect(gate.decide(opaque, by: Self.dba, on: connection).verdict == .allow)
+    }
+
     @Test("subjects match sub or email; tables and functions match qualified names and wildcards")
     func conditions() {
         let policy = Policy(rules: [

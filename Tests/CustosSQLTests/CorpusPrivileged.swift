@@ -85,13 +85,14 @@ enum CorpusPrivileged {
         c("SELECT set_config('ROLE', 'admin', false)", "select", f: ["set_config"], flags: [.privileged]),
         c("SELECT set_config('session_authorization', 'postgres', false)", "select", f: ["set_config"], flags: [.privileged]),
         read("SELECT set_config('search_path', 'public', false)", f: ["set_config"]),
-        c("SELECT set_config($1, 'x', false)", "select", f: ["set_config"], flags: [.privileged]),
+        // (and, since they may name a setting that changes how the backend lexes, lexing too)
+        c("SELECT set_config($1, 'x', false)", "select", f: ["set_config"], flags: [.privileged, .lexing]),
         c(
             "SELECT set_config(current_setting('my.name'), 'y', false)", "select", f: ["set_config", "current_setting"],
-            flags: [.privileged]
+            flags: [.privileged, .lexing]
         ),
-        c("SELECT set_config('ro' || 'le', 'admin', false)", "select", f: ["set_config"], flags: [.privileged]),
-        c("SELECT pg_catalog.set_config(name => 'role')", "select", f: ["pg_catalog.set_config"], flags: [.privileged]),
+        c("SELECT set_config('ro' || 'le', 'admin', false)", "select", f: ["set_config"], flags: [.privileged, .lexing]),
+        c("SELECT pg_catalog.set_config(name => 'role')", "select", f: ["pg_catalog.set_config"], flags: [.privileged, .lexing]),
         // Opaque: code the parser cannot see into
         c("DO $$ BEGIN DELETE FROM t; END $$", "do", flags: [.opaque]),
         c("DO LANGUAGE plpgsql $body$ BEGIN EXECUTE 'DROP TABLE t'; END $body$", "do", flags: [.opaque]),

@@ -147,6 +147,15 @@ public final class Gate: GateProtocol {
 
     public func decide(_ action: Action, by identity: Identity, on connection: ConnectionTarget) -> Decision {
         let date = now()
+        let policy = self.policy
+        if action.statements.contains(where: { $0.flags.contains(.lexing) }) {
+            // Not the policy's to allow: every later decision of the session rests on reading SQL
+            // as the backend does.
+            return Decision(
+                verdict: .deny,
+                message: "Custos reads SQL with standard_conforming_strings on and client_encoding UTF8; a statement that changes either is refused",
+                policy: policy.version, sqlstate: "0A000")
+        }
         var decision = policy.evaluate(action.statements, identity: identity, connection: connection.name, at: date).decision
         if decision.verdict == .allow, let rate = decision.limits.ratePerSecond, let rule = decision.rule,
             !rates.admit(key: "\(identity.issuer)|\(identity.subject)|\(rule)", rate: rate, at: date)

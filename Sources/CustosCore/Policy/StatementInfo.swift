@@ -13,6 +13,10 @@ public struct StatementInfo: Sendable, Equatable, Hashable {
         case opaque
         /// The parser rejected it.
         case unparseable
+        /// It would change how PostgreSQL reads the statements after it (`standard_conforming_strings`
+        /// off, a `client_encoding` other than UTF8): Custos could no longer read them as the
+        /// backend does, so the gate refuses it whatever the policy says.
+        case lexing
     }
 
     /// The statement kind: the parse node's name in snake case without `Stmt` (`select`, `insert`,

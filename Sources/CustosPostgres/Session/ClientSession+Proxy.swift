@@ -444,6 +444,14 @@ extension ClientSession: BackendDelegate {
             pausedFrames!.append(frame)
             return
         }
+        if frame.type == UInt8(ascii: "S"), case .parameterStatus(let name, let value)? = try? BackendMessage.decode(frame),
+            !GuardedSettings.isSafe(name, value: value)
+        {
+            // Changed under the gateway (a function calling set_config, say): what follows would be
+            // read differently from the analysis, so the session ends here, failing closed.
+            logger.warning("backend session changed how it reads SQL; session ended", metadata: ["setting": "\(name)", "value": "\(value)"])
+            return terminate(sqlstate: "0A000", message: Self.lexingRefusal(name, value), outcome: "error", reason: Self.lexingRefusal(name, value))
+        }
         guard prepareResult(frame) else { return }
         var frame = frame
         var batched = false

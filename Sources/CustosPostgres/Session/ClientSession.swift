@@ -267,6 +267,11 @@ final class ClientSession: ChannelInboundHandler {
         guard decision.verdict == .allow else {
             return refuse(sqlstate: decision.sqlstate, message: decision.message ?? "not allowed")
         }
+        // Settings every later decision rests on (how the backend reads SQL, whom it acts as) are
+        // not the client's to choose at startup.
+        if let refusal = startupParameters.lazy.compactMap({ GuardedSettings.refusal(startupParameter: $0.name, value: $0.value) }).first {
+            return refuse(sqlstate: "0A000", message: refusal)
+        }
         var parameters = [StartupPacket.Parameter("user", target.user), StartupPacket.Parameter("database", target.database)]
         // Session settings the client asked for travel on; identity-bearing ones are the gateway's.
         parameters += startupParameters.filter { !["user", "database", "replication"].contains($0.name) }
@@ -351,7 +356,12 @@ final class ClientSession: ChannelInboundHandler {
                 sessionReady(readyFrame: frame)
             case .errorResponse(let fields):
                 backendRefused("backend refused the session: \(fields.sqlstate ?? "?") \(fields.message ?? "")")
-            case .parameterStatus(let name, _):
+            case .parameterStatus(let name, let value):
+                if !GuardedSettings.isSafe(name, value: value) {
+                    // A database or role default: the analysis would misread this session's SQL.
+                    logger.warning("backend session reads SQL differently from the analysis", metadata: ["setting": "\(name)", "value": "\(value)"])
+                    return refuse(sqlstate: "0A000", message: Self.lexingRefusal(name, value))
+                }
                 backendStartup?.parameterStatus.append((name, frame.raw))
                 writeToClient(frame.raw)
             default:
@@ -360,6 +370,11 @@ final class ClientSession: ChannelInboundHandler {
         default:
             break
         }
+    }
+
+    /// Why a session whose backend reports `name` = `value` cannot go on.
+    static func lexingRefusal(_ name: String, _ value: String) -> String {
+        "Custos reads SQL with standard_conforming_strings on and client_encoding UTF8; the backend session has \(name) = \(value)"
     }
 
     /// Gives the client a key of the gateway's own for the backend's, so the backend's never leaves.
