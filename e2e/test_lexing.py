@@ -115,3 +115,17 @@ def test_a_role_default_that_reads_sql_otherwise_refuses_the_session(strict, min
         assert "standard_conforming_strings" in str(failure.value)
     finally:
         backend_role.execute("ALTER ROLE custos_md5 RESET standard_conforming_strings")
+
+
+def test_text_that_is_not_utf8_is_an_error_and_the_session_goes_on(strict, mint):
+    """Lossy decoding would read two different dollar-quote tags ($\\xff$, $\\xfe$) as one; a
+    database that does not check its bytes (SQL_ASCII) would run them as written."""
+    with WireClient(strict.port) as wire:
+        login(wire, mint(sub="agent-1", groups=["agents"]))
+        simple = exchange(wire, (b"Q", b"SELECT $\xff$x$\xfe$\0"))
+        assert [(e["S"], e["C"]) for e in errors_in(simple)] == [("ERROR", "22021")], simple
+        assert "Custos" in errors_in(simple)[0]["M"], simple
+        extended = exchange(wire, (b"P", b"\0SELECT $\xff$x$\xfe$\0" + b"\0\0"), (b"B", b"\0\0\0\0\0\0\0\0"),
+                            (b"E", b"\0\0\0\0\0"), (b"S", b""))
+        assert [e["C"] for e in errors_in(extended)] == ["22021"], extended
+        assert exchange(wire, (b"Q", cstr("SELECT 1")))[-1] == (b"Z", b"I")

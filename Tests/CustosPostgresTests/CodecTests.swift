@@ -118,6 +118,11 @@ struct CodecTests {
             let frame = PostgresFrame(type: type, body: ByteBuffer(bytes: body))
             #expect(throws: WireError(.badName, type: type)) { try FrontendMessage.decode(frame) }
         }
+        // SQL text must be UTF-8 too (the analysis must read the bytes the backend runs).
+        let query = PostgresFrame(type: UInt8(ascii: "Q"), body: ByteBuffer(bytes: Array("SELECT '".utf8) + [0xFF, UInt8(ascii: "'"), 0]))
+        #expect(throws: WireError(.badText, type: UInt8(ascii: "Q"))) { try FrontendMessage.decode(query) }
+        let parse = PostgresFrame(type: UInt8(ascii: "P"), body: ByteBuffer(bytes: [0] + Array("SELECT $".utf8) + [0xF0, 0x90, 0x80, UInt8(ascii: "$"), 0, 0, 0]))
+        #expect(throws: WireError(.badText, type: UInt8(ascii: "P"))) { try FrontendMessage.decode(parse) }
         // A name decomposed stays decomposed: its bytes, not a canonically equal spelling.
         let decomposed = Array("se\u{301}".utf8)
         let frame = PostgresFrame(type: UInt8(ascii: "E"), body: ByteBuffer(bytes: decomposed + [0, 0, 0, 0, 0]))

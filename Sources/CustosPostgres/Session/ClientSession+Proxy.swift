@@ -72,6 +72,11 @@ extension ClientSession: BackendDelegate {
         default:
             do {
                 message = try FrontendMessage.decode(frame)
+            } catch where error.reason == .badText {
+                // As PostgreSQL answers text its database encoding rejects: an error, and the session goes on.
+                return refuseStatement(
+                    ErrorFields(severity: "ERROR", sqlstate: "22021", message: "Custos reads SQL as UTF-8: the statement text holds an invalid byte sequence"),
+                    simple: frame.type == UInt8(ascii: "Q"))
             } catch {
                 return refuse(sqlstate: "08P01", message: "protocol violation: \(error)")
             }

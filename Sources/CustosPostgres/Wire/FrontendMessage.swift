@@ -144,7 +144,7 @@ public enum FrontendMessage: Sendable, Equatable {
             message = .functionCall(FunctionCall(function: function, argumentFormats: formats, arguments: arguments, resultFormat: resultFormat))
         case UInt8(ascii: "P"):
             let statement = try body.readName(type: type)
-            let query = try body.readCString(type: type)
+            let query = try body.readText(type: type)
             let count = Int(try body.readInt16(type: type))
             var types: [UInt32] = []
             for _ in 0..<max(0, count) { types.append(UInt32(bitPattern: try body.readInt32(type: type))) }
@@ -153,7 +153,7 @@ public enum FrontendMessage: Sendable, Equatable {
             message = .password(body)
             body.moveReaderIndex(to: body.writerIndex)
         case UInt8(ascii: "Q"):
-            message = .query(try body.readCString(type: type))
+            message = .query(try body.readText(type: type))
         case UInt8(ascii: "S"):
             message = .sync
         case UInt8(ascii: "X"):

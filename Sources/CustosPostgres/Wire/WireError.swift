@@ -11,6 +11,7 @@ public struct WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case trailingBytes = "message longer than its fields"
         case badString = "string not terminated or not UTF-8"
         case badName = "statement or portal name not UTF-8"
+        case badText = "SQL text not UTF-8"
         case unsupportedProtocol = "unsupported protocol version"
         case unexpectedMessage = "message not valid in this state"
     }
@@ -53,6 +54,18 @@ extension ByteBuffer {
         let bytes = self.readableBytesView[self.readerIndex..<nul]
         let text = String(decoding: bytes, as: UTF8.self)
         guard text.utf8.elementsEqual(bytes) else { throw WireError(.badName, type: type) }
+        self.moveReaderIndex(to: nul + 1)
+        return text
+    }
+
+    /// Reads NUL-terminated SQL text, which must be valid UTF-8: the analysis must read the bytes
+    /// the backend runs, and a database that does not check them (SQL_ASCII) would run bytes that
+    /// lossy decoding had changed (two different dollar-quote tags read as one).
+    mutating func readText(type: UInt8?) throws(WireError) -> String {
+        guard let nul = self.readableBytesView.firstIndex(of: 0) else { throw WireError(.badString, type: type) }
+        guard let text = String(validating: self.readableBytesView[self.readerIndex..<nul], as: UTF8.self) else {
+            throw WireError(.badText, type: type)
+        }
         self.moveReaderIndex(to: nul + 1)
         return text
     }
