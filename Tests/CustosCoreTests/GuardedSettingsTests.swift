@@ -31,6 +31,12 @@ struct GuardedSettingsTests {
         #expect(settings.map(\.name) == ["search_path", "statement_timeout", "work_mem"])
         #expect(settings.map(\.value) == ["a b", "5s", "64MB"])
         #expect(GuardedSettings.optionSettings("")?.isEmpty == true)
+        // Every blank PostgreSQL's isspace() knows separates words, "\r\n" included.
+        for blank in ["\u{0B}", "\u{0C}", "\r\n"] {
+            let split = try #require(GuardedSettings.optionSettings("-c\(blank)standard_conforming_strings=off"))
+            #expect(split.map(\.name) == ["standard_conforming_strings"])
+            #expect(GuardedSettings.refusal(startupParameter: "options", value: "-c\(blank)standard_conforming_strings=off") != nil)
+        }
         for options in ["-B 100", "-c", "-c =x", "--=x", "-c search_path", "-d 5", "-e"] {
             #expect(GuardedSettings.optionSettings(options) == nil, Comment(rawValue: options))
         }

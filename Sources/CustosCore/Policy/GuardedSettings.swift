@@ -53,26 +53,28 @@ public enum GuardedSettings {
     /// holds anything but settings.
     static func optionSettings(_ options: String) -> [(name: String, value: String)]? {
         var words: [String] = []
-        var word = ""
+        var word = String.UnicodeScalarView()
         var escaped = false
         var inWord = false
-        for character in options {
+        // Scalars, not Characters: "\r\n", or a blank before a combining mark, is one Character
+        // but two separate things to PostgreSQL's isspace().
+        for scalar in options.unicodeScalars {
             if escaped {
-                word.append(character)
+                word.append(scalar)
                 escaped = false
-            } else if character == "\\" {
+            } else if scalar == "\\" {
                 escaped = true
                 inWord = true
-            } else if character == " " || character == "\t" || character == "\n" || character == "\r" {
-                if inWord { words.append(word) }
-                word = ""
+            } else if [" ", "\t", "\n", "\r", "\u{0B}", "\u{0C}"].contains(scalar) {
+                if inWord { words.append(String(word)) }
+                word = String.UnicodeScalarView()
                 inWord = false
             } else {
-                word.append(character)
+                word.append(scalar)
                 inWord = true
             }
         }
-        if inWord { words.append(word) }
+        if inWord { words.append(String(word)) }
         var settings: [(name: String, value: String)] = []
         var index = 0
         while index < words.count {
