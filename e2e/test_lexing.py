@@ -41,6 +41,7 @@ def marker_row(direct):
     "SET client_encoding = 'SJIS'",
     "SET NAMES 'LATIN1'",
     "SELECT set_config('standard_conforming_strings', 'off', false)",
+    "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
 ])
 def test_changing_how_sql_is_read_is_refused_even_pipelined(strict, mint, marker_row, setting):
     with WireClient(strict.port) as wire:

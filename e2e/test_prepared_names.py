@@ -135,3 +135,30 @@ def test_a_name_that_is_not_utf8_is_a_protocol_violation(strict, mint):
         messages, eof = wire.recv_all()
     assert eof, messages
     assert [(e["S"], e["C"]) for e in errors_in(messages)] == [("FATAL", "08P01")], messages
+
+
+PREPARE_ALLOWED = {"policy": {"rules": [
+    {"name": "deny-flagged", "match": {"flags": ["destructive", "privileged", "opaque", "unparseable"]}, "action": "deny"},
+    {"name": "agents-read", "match": {"groups": ["agents"], "read_only": True}, "action": "allow"},
+    {"name": "agents-prepare", "match": {"groups": ["agents"], "kinds": ["prepare", "deallocate"]}, "action": "allow"},
+]}}
+
+
+def test_sql_deallocate_forgets_a_parsed_name_too(start_gateway, mint, direct):
+    """PREPARE and Parse share one namespace at the backend: after DEALLOCATE s3 and PREPARE s3 AS
+    a DELETE, an Execute of s3 must not be decided as the read s3 was Parse'd as."""
+    gateway = start_gateway(PREPARE_ALLOWED)
+    marker = "deallocate-namespace"
+    with direct() as conn:
+        conn.execute("INSERT INTO events_log (source, level, message) VALUES ('e2e', 'info', %s)", (marker,))
+    with WireClient(gateway.port) as wire:
+        login(wire, mint(sub="agent-1", groups=["agents"]))
+        assert [t for t, _ in exchange(wire, parse("s3", "SELECT 1"), SYNC)] == [b"1", b"Z"]
+        assert not errors_in(exchange(wire, (b"Q", cstr("DEALLOCATE s3"))))
+        prepared = exchange(wire, (b"Q", cstr(f"PREPARE s3 AS DELETE FROM events_log WHERE message = '{marker}'")))
+        assert not errors_in(prepared), prepared
+        run = exchange(wire, bind("", "s3"), execute(), SYNC)
+        assert not any(tag.startswith("DELETE") for tag in command_complete_tags(run)), run
+        assert "42501" in [error["C"] for error in errors_in(run)], run
+    with direct() as conn:
+        assert conn.execute("SELECT count(*) FROM events_log WHERE message = %s", (marker,)).fetchone()[0] == 1

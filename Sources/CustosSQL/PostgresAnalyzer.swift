@@ -66,8 +66,9 @@ public struct PostgresAnalyzer: StatementAnalyzer {
     private func analyzeInline(_ sql: String) -> [StatementInfo] {
         sql.withCString { cString in
             // Text without literals (extended-protocol statements with `$n` parameters, BEGIN,
-            // COMMIT) is its own key: an entry stored from this very text needs no normalizing.
-            // Only such an entry: another text may normalize to this one and parse differently.
+            // COMMIT) is its own key: an entry marked verbatim, stored or confirmed when this very
+            // text normalized to it, needs no normalizing. Not any entry under this key: normalizing
+            // this text might give another key.
             if let entry = cache?.lookup(sql), entry.verbatim, let infos = Self.materialize(entry.statements, sql: sql, cString: cString) {
                 return infos
             }

@@ -74,6 +74,11 @@ final class StatementWalker {
         facts.functions = Self.unique(walker.functions)
         facts.flags = walker.flags
         if Classification.kinds[type] == nil { facts.flags.insert(.opaque) }
+        // pg_settings' update rule calls set_config: writing it sets any setting, the role and
+        // those that change how the backend reads SQL included.
+        if facts.tablesWritten.contains(where: { $0 == "pg_settings" || $0 == "pg_catalog.pg_settings" }) {
+            facts.flags.formUnion([.privileged, .lexing])
+        }
         facts.readOnly = walker.readsOnly(type, fields, depth: 0) && facts.tablesWritten.isEmpty && facts.flags.isEmpty
         facts.literalIndependent = walker.literalIndependent
         if ["PrepareStmt", "ExecuteStmt", "DeallocateStmt"].contains(type) {

@@ -93,6 +93,12 @@ enum CorpusPrivileged {
         ),
         c("SELECT set_config('ro' || 'le', 'admin', false)", "select", f: ["set_config"], flags: [.privileged, .lexing]),
         c("SELECT pg_catalog.set_config(name => 'role')", "select", f: ["pg_catalog.set_config"], flags: [.privileged, .lexing]),
+        // pg_settings' update rule calls set_config: any setting, the role and lexing ones included
+        c(
+            "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'", "update", w: ["pg_settings"],
+            flags: [.privileged, .lexing]
+        ),
+        c("UPDATE pg_catalog.pg_settings SET setting = 'admin' WHERE name = 'role'", "update", w: ["pg_catalog.pg_settings"], flags: [.privileged, .lexing]),
         // Opaque: code the parser cannot see into
         c("DO $$ BEGIN DELETE FROM t; END $$", "do", flags: [.opaque]),
         c("DO LANGUAGE plpgsql $body$ BEGIN EXECUTE 'DROP TABLE t'; END $body$", "do", flags: [.opaque]),

@@ -1,3 +1,4 @@
+import CustosCore
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -143,7 +144,14 @@ final class BackendPools: Sendable {
     /// client sent on, such as application_name, which `DISCARD ALL` resets back to).
     struct Key: Hashable, Sendable {
         var connection: String
-        var parameters: [String]
+        /// `name=value`, compared as bytes: settings that differ only in Unicode normalization
+        /// (a search_path naming `"café"` two ways) are different settings to PostgreSQL.
+        var parameters: [ExactText]
+
+        init(connection: String, parameters: [String]) {
+            self.connection = connection
+            self.parameters = parameters.map(ExactText.init)
+        }
     }
 
     private struct Slot: Hashable {

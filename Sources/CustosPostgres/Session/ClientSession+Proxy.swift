@@ -356,23 +356,56 @@ extension ClientSession: BackendDelegate {
     /// Forgets what `DEALLOCATE` / `DISCARD` drop, at once (failing closed). What a `PREPARE`
     /// prepares is remembered only once it succeeded (``preparedSucceeded(_:)``): a PREPARE the
     /// backend refused (a duplicate name, an error) must not redefine the name.
+    ///
+    /// SQL-level and protocol-level prepared statements are one namespace at the backend, as are
+    /// cursors and portals: `DEALLOCATE` drops a Parse'd name too, and a later `PREPARE` may take
+    /// it, so what the protocol side knew of the name goes as well; `CLOSE` (and `DISCARD`) may
+    /// close a portal that a later `DECLARE` reuses, so every named portal's analysis and row plan
+    /// go (an Execute of it is then opaque, not decided or masked as what it was).
     func trackPrepared(_ statements: [StatementInfo], number: Int) {
         if statements.contains(where: { $0.kind == "prepare" }) { pendingPrepares[number] = statements }
         for statement in statements {
             switch statement.kind {
             case "prepare": break
             case "deallocate":
-                if let name = statement.preparedName { sqlPrepared[exact: name] = nil } else { sqlPrepared.removeAll() }
-            case "discard": sqlPrepared.removeAll()
+                if let name = statement.preparedName {
+                    sqlPrepared[exact: name] = nil
+                    preparedStatements[exact: name] = nil
+                } else {
+                    sqlPrepared.removeAll()
+                    forgetNamedStatements()
+                }
+            case "discard":
+                sqlPrepared.removeAll()
+                // DISCARD ALL (the keyword cannot be quoted; a comment saying "all" only forgets more).
+                if statement.text.uppercased().contains("ALL") {
+                    forgetNamedStatements()
+                    forgetNamedPortals()
+                }
+            case "close_portal":
+                forgetNamedPortals()
             default: break
             }
         }
+    }
+
+    /// SQL cannot name the unnamed statement or portal, so those stay.
+    private func forgetNamedStatements() {
+        preparedStatements = preparedStatements.filter { $0.key.text.isEmpty }
+    }
+
+    private func forgetNamedPortals() {
+        portals = portals.filter { $0.key.text.isEmpty }
+        portalPlans = portalPlans.filter { $0.key.text.isEmpty }
+        describedPortals = describedPortals.filter { $0.text.isEmpty }
     }
 
     /// A statement string holding `PREPARE` completed without error: its names now exist.
     func preparedSucceeded(_ number: Int) {
         guard let statements = pendingPrepares.removeValue(forKey: number) else { return }
         for statement in statements where statement.kind == "prepare" {
+            // The backend had no statement of that name, whatever the protocol side remembered.
+            if let name = statement.preparedName { preparedStatements[exact: name] = nil }
             if let name = statement.preparedName { sqlPrepared[exact: name] = statement }
         }
     }

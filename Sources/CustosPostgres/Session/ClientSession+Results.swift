@@ -256,12 +256,12 @@ extension ClientSession {
     func recordedForm(of action: Action) -> SessionEvents.RecordedStatement {
         var uses: [LiteralUse] = []
         if RecordMasking.needsLiteralUses(action.statements, profile: maskingProfile) {
-            if let cached = literalUseCache[action.text] {
+            if let cached = literalUseCache[exact: action.text] {
                 uses = cached
             } else {
                 uses = gateway.gate.literalUses(action.text)
                 if literalUseCache.count >= 256 { literalUseCache.removeAll() }
-                literalUseCache[action.text] = uses
+                literalUseCache[exact: action.text] = uses
             }
         }
         let masked = gateway.recordMasking.mask(text: action.text, parameters: action.parameters, uses: uses, profile: maskingProfile)

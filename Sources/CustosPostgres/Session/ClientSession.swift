@@ -101,7 +101,7 @@ final class ClientSession: ChannelInboundHandler {
     /// before anything else goes to the client, and at every flush.
     var clientBatch = ByteBuffer()
     /// Literal uses by statement text, for recording statements that touch masked columns.
-    var literalUseCache: [String: [LiteralUse]] = [:]
+    var literalUseCache: [ExactText: [LiteralUse]] = [:]
     var backendWritable = true
     var clientReadPending = false
     var backendReadPending = false
