@@ -367,8 +367,8 @@ final class StatementWalker {
         if Classification.isOpaqueFunction(base) { flag(.opaque, context) }
         if base == "set_config" {
             literalIndependent = false
-            if setConfigChangesPrivilegedSetting(fields) { flag(.privileged, context) }
-            if setConfigChangesLexing(fields) { flag(.lexing, context) }
+            if setConfigMaySet(Classification.privilegedSettings, fields) { flag(.privileged, context) }
+            if setConfigMaySet(Classification.lexingSettings, fields) { flag(.lexing, context) }
         }
     }
 
@@ -397,27 +397,14 @@ final class StatementWalker {
         return !GuardedSettings.isSafe(name, value: value)
     }
 
-    /// `set_config` of a lexing setting, whatever the value (an expression may compute it), or of
-    /// a name that is not a string literal (it may be one).
-    private func setConfigChangesLexing(_ fields: Int32) -> Bool {
+    /// Whether `set_config(name, value, is_local)` may set one of `settings`: when `name` is
+    /// one of them, or anything but a literal (a parameter, an expression): we cannot know what it
+    /// sets. A number, boolean or NULL literal names no setting PostgreSQL would accept.
+    private func setConfigMaySet(_ settings: Set<String>, _ fields: Int32) -> Bool {
         guard let args = tape.member(fields, "args"), tape.firstChild(args) < tape.end(args),
             let (type, constant) = tape.wrappedNode(tape.firstChild(args)), type == "A_Const"
         else { return true }
         guard let literal = tape.member(constant, "sval") else { return false }
-        return Classification.lexingSettings.contains((tape.string(literal, "sval") ?? "").lowercased())
-    }
-
-    /// `set_config(name, value, is_local)` is privileged when `name` is a privileged setting, or is
-    /// anything but a string literal (a parameter, an expression): we cannot know what it sets.
-    private func setConfigChangesPrivilegedSetting(_ fields: Int32) -> Bool {
-        guard let args = tape.member(fields, "args"), tape.firstChild(args) < tape.end(args),
-            let (type, constant) = tape.wrappedNode(tape.firstChild(args)), type == "A_Const"
-        else { return true }
-        guard let literal = tape.member(constant, "sval") else {
-            // A number, boolean or NULL literal: not a setting name PostgreSQL would accept as privileged.
-            return false
-        }
-        let name = tape.string(literal, "sval") ?? ""
-        return Classification.privilegedSettings.contains(name.lowercased())
+        return settings.contains((tape.string(literal, "sval") ?? "").lowercased())
     }
 }
